@@ -1,0 +1,47 @@
+# Makefile for the messaging extension (PGXS)
+#
+# Builds one shared library, messaging.so, from the modules under src/, and
+# the install script sql/messaging--<version>.sql from the per-subsystem
+# parts under sql/install/ (concatenated in file-name order).
+
+EXTENSION = messaging
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
+
+MODULE_big = messaging
+OBJS = \
+	src/amqp_conn.o \
+	src/consumer.o \
+	src/envelope.o \
+	src/messaging.o \
+	src/outbox.o \
+	src/relay.o \
+	src/shmem.o \
+	src/sql_api.o \
+	src/tracking.o \
+	src/trigger.o \
+	src/uuid7.o
+
+INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
+DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA = $(filter-out $(DATA_built), $(wildcard sql/$(EXTENSION)--*--*.sql))
+
+PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter \
+	-Wno-missing-field-initializers -Werror=implicit-function-declaration
+SHLIB_LINK = -lrabbitmq
+
+# Regression tests need the library preloaded, so they run on a temporary
+# instance configured by test/regress.conf (installcheck never touches an
+# existing server).
+REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*_*.sql)))
+REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(srcdir)/test/regress.conf
+NO_INSTALLCHECK = 0
+TAP_TESTS = 1
+
+EXTRA_CLEAN = sql/$(EXTENSION)--$(EXTVERSION).sql tmp_check
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+sql/$(EXTENSION)--$(EXTVERSION).sql: $(INSTALL_PARTS)
+	cat $^ > $@
