@@ -1,0 +1,156 @@
+'use strict';
+// Plays another application reading what the messaging extension relays:
+// asserts a durable, non-exclusive queue (it survives reconnects and broker
+// restarts), optionally declares the extension's exchanges and binds the
+// queue, then prints one JSON line per delivered message.
+//
+//   node consume.js --url URL --queue NAME [--bind EXCHANGE:ROUTING_KEY ...]
+//        [--declare-exchanges] [--passive] [--setup-only]
+//        --count N --timeout-ms T [--ack | --nack | --nack-drop]
+//        [--prefetch P]
+//
+// --declare-exchanges  asserts inter-app-events (topic) and
+//                      inter-app-broadcast (fanout), both durable
+// --passive            only checks that the queue exists (no declare), for
+//                      queues declared elsewhere with other arguments
+// --setup-only         exit 0 after declaring and binding
+// --ack (default)      acknowledge each message once printed
+// --nack               negative-acknowledge with requeue (redelivered later)
+// --nack-drop          negative-acknowledge without requeue
+// Exit status: 0 once N messages arrived, 1 at timeout (after printing what
+// arrived), 2 on bad arguments or connection errors.
+
+const amqp = require('amqplib');
+const { parseArgs } = require('node:util');
+
+const EXCHANGES = [
+  ['inter-app-events', 'topic'],
+  ['inter-app-broadcast', 'fanout'],
+];
+
+function usage(msg) {
+  process.stderr.write(`consume.js: ${msg}\n`);
+  process.exit(2);
+}
+
+function parse() {
+  const { values } = parseArgs({
+    options: {
+      url: { type: 'string' },
+      queue: { type: 'string' },
+      bind: { type: 'string', multiple: true, default: [] },
+      'declare-exchanges': { type: 'boolean', default: false },
+      passive: { type: 'boolean', default: false },
+      'setup-only': { type: 'boolean', default: false },
+      count: { type: 'string', default: '1' },
+      'timeout-ms': { type: 'string', default: '10000' },
+      ack: { type: 'boolean', default: false },
+      nack: { type: 'boolean', default: false },
+      'nack-drop': { type: 'boolean', default: false },
+      prefetch: { type: 'string' },
+    },
+  });
+  if (!values.url) usage('--url is required');
+  if (!values.queue) usage('--queue is required');
+  const count = Number(values.count);
+  const timeoutMs = Number(values['timeout-ms']);
+  if (!Number.isInteger(count) || count < 0) usage('--count must be a non-negative integer');
+  if (!Number.isFinite(timeoutMs) || timeoutMs < 0) usage('--timeout-ms must be a number');
+  const modes = ['ack', 'nack', 'nack-drop'].filter((m) => values[m]);
+  if (modes.length > 1) usage('choose one of --ack, --nack, --nack-drop');
+  const binds = values.bind.map((b) => {
+    const i = b.indexOf(':');
+    if (i <= 0) usage(`--bind wants EXCHANGE:ROUTING_KEY, got "${b}"`);
+    return [b.slice(0, i), b.slice(i + 1)];
+  });
+  return {
+    url: values.url,
+    queue: values.queue,
+    binds,
+    declareExchanges: values['declare-exchanges'],
+    passive: values.passive,
+    setupOnly: values['setup-only'],
+    count,
+    timeoutMs,
+    mode: modes[0] || 'ack',
+    prefetch: values.prefetch ? Number(values.prefetch) : Math.max(1, Math.min(count, 100)),
+  };
+}
+
+function describe(msg) {
+  const p = msg.properties;
+  return {
+    exchange: msg.fields.exchange,
+    routingKey: msg.fields.routingKey,
+    redelivered: msg.fields.redelivered,
+    properties: {
+      contentType: p.contentType,
+      contentEncoding: p.contentEncoding,
+      messageId: p.messageId,
+      type: p.type,
+      appId: p.appId,
+      timestamp: p.timestamp,
+      deliveryMode: p.deliveryMode,
+      priority: p.priority,
+      headers: p.headers,
+      correlationId: p.correlationId,
+      replyTo: p.replyTo,
+      expiration: p.expiration,
+      userId: p.userId,
+    },
+    bodyLength: msg.content.length,
+    body: msg.content.toString('utf8'),
+  };
+}
+
+async function main() {
+  const opt = parse();
+  const conn = await amqp.connect(opt.url);
+  conn.on('error', (err) => process.stderr.write(`consume.js: connection error: ${err.message}\n`));
+  const ch = await conn.createChannel();
+
+  if (opt.declareExchanges) {
+    for (const [name, kind] of EXCHANGES) await ch.assertExchange(name, kind, { durable: true });
+  }
+  if (opt.passive) {
+    await ch.checkQueue(opt.queue);
+  } else {
+    await ch.assertQueue(opt.queue, { durable: true, exclusive: false, autoDelete: false });
+  }
+  for (const [exchange, key] of opt.binds) await ch.bindQueue(opt.queue, exchange, key);
+
+  if (opt.setupOnly) {
+    await conn.close();
+    return 0;
+  }
+
+  let received = 0;
+  let finish;
+  const done = new Promise((resolve) => { finish = resolve; });
+  if (opt.count === 0) finish(0);
+  const timer = setTimeout(() => finish(1), opt.timeoutMs);
+
+  await ch.prefetch(opt.prefetch);
+  const { consumerTag } = await ch.consume(opt.queue, (msg) => {
+    if (msg === null) { finish(1); return; } // consumer cancelled by the broker
+    if (received >= opt.count) return; // left unacknowledged: requeued on close
+    received += 1;
+    process.stdout.write(JSON.stringify(describe(msg)) + '\n');
+    if (opt.mode === 'ack') ch.ack(msg);
+    else if (opt.mode === 'nack') ch.nack(msg, false, true);
+    else ch.nack(msg, false, false);
+    if (received >= opt.count) finish(0);
+  }, { noAck: false });
+
+  const status = await done;
+  clearTimeout(timer);
+  try { await ch.cancel(consumerTag); } catch (_) { /* channel may be gone */ }
+  await conn.close().catch(() => {});
+  if (status !== 0) process.stderr.write(`consume.js: timeout: received ${received} of ${opt.count}\n`);
+  return status;
+}
+
+main().then(
+  (code) => { process.exitCode = code; },
+  (err) => { process.stderr.write(`consume.js: ${err.stack || err}\n`); process.exitCode = 2; },
+);
