@@ -16,8 +16,14 @@
 #	BENCH_SIZE		message body size in bytes (400)
 #	BENCH_WINDOW	unconfirmed-message window (500)
 #	BENCH_RUNS		repetitions; the median is reported (3)
+#	BENCH_WARMUP	unrecorded warm-up runs before each series (1); the
+#					first run on a freshly booted node is reliably slower
 #	BENCH_W1_COUNT	messages per window-1 contrast run (3000; 0 skips it)
 #	BENCH_KEEP		set to 1 to keep the broker's state directory
+#	BENCH_BROKER_SCRIPT
+#					broker control script (start|wait|stop, MQ_DIR, MQ_PORT);
+#					default test/scripts/rabbitmq.sh, or bench/scratch_broker.sh
+#					when that is missing
 #
 # Raw per-run JSON and the summary go to bench/results/<timestamp>/.
 # Every step is bounded: each publisher run by its own 30 s no-progress
@@ -34,6 +40,7 @@ BENCH_COUNT=${BENCH_COUNT:-20000}
 BENCH_SIZE=${BENCH_SIZE:-400}
 BENCH_WINDOW=${BENCH_WINDOW:-500}
 BENCH_RUNS=${BENCH_RUNS:-3}
+BENCH_WARMUP=${BENCH_WARMUP:-1}
 BENCH_W1_COUNT=${BENCH_W1_COUNT:-3000}
 BENCH_KEEP=${BENCH_KEEP:-0}
 
@@ -112,7 +119,13 @@ broker()
 
 start_broker()
 {
-	if [ -f "$SHARED_BROKER_SCRIPT" ]; then
+	if [ -n "${BENCH_BROKER_SCRIPT:-}" ]; then
+		if [ ! -f "$BENCH_BROKER_SCRIPT" ]; then
+			log "BENCH_BROKER_SCRIPT $BENCH_BROKER_SCRIPT not found"
+			exit 1
+		fi
+		BROKER_SCRIPT=$(realpath "$BENCH_BROKER_SCRIPT")
+	elif [ -f "$SHARED_BROKER_SCRIPT" ]; then
 		BROKER_SCRIPT=$SHARED_BROKER_SCRIPT
 	else
 		BROKER_SCRIPT="$BENCH_DIR/scratch_broker.sh"
@@ -144,6 +157,15 @@ cleanup()
 # Bare publisher ceiling
 # ---------------------------------------------------------------------
 
+# bare_once COUNT WINDOW: one bounded bare_publisher run, JSON on stdout.
+bare_once()
+{
+	timeout "$RUN_TIMEOUT" "$BENCH_DIR/bare_publisher" \
+		--url "$MQ_URL" --exchange "$EXCHANGE" \
+		--routing-key "$ROUTING_KEY" --count "$1" \
+		--size "$BENCH_SIZE" --window "$2"
+}
+
 # bare_series LABEL COUNT WINDOW: BENCH_RUNS runs, median recorded.
 bare_series()
 {
@@ -151,11 +173,13 @@ bare_series()
 	local out="$RESULTS_DIR/bare_w$window.jsonl"
 	local i line rate
 
+	for ((i = 1; i <= BENCH_WARMUP; i++)); do
+		line=$(bare_once "$count" "$window")
+		echo "$line" >> "$RESULTS_DIR/bare_w$window.warmup.jsonl"
+		log "$label warm-up: $(echo "$line" | json_field msg_per_s) msg/s"
+	done
 	for ((i = 1; i <= BENCH_RUNS; i++)); do
-		line=$(timeout "$RUN_TIMEOUT" "$BENCH_DIR/bare_publisher" \
-			--url "$MQ_URL" --exchange "$EXCHANGE" \
-			--routing-key "$ROUTING_KEY" --count "$count" \
-			--size "$BENCH_SIZE" --window "$window")
+		line=$(bare_once "$count" "$window")
 		echo "$line" >> "$out"
 		rate=$(echo "$line" | json_field msg_per_s)
 		log "$label run $i: $rate msg/s"

@@ -108,7 +108,7 @@ do_wait()
 
 stop_pidfile()
 {
-	local f=$1 what=$2 pid i
+	local f=$1 what=$2 group=$3 pid i
 	[ -f "$f" ] || return 0
 	pid=$(cat "$f")
 	if kill -0 "$pid" 2>/dev/null; then
@@ -118,8 +118,14 @@ stop_pidfile()
 			sleep 0.5
 		done
 		if kill -0 "$pid" 2>/dev/null; then
+			# The node was started with setsid, so its pid is also the
+			# id of the process group holding the Erlang VM.
 			log "$what (pid $pid) ignored SIGTERM; killing it"
-			kill -KILL "$pid" 2>/dev/null || true
+			if [ "$group" = yes ]; then
+				kill -KILL -- "-$pid" 2>/dev/null || true
+			else
+				kill -KILL "$pid" 2>/dev/null || true
+			fi
 		fi
 	fi
 	rm -f "$f"
@@ -127,8 +133,8 @@ stop_pidfile()
 
 do_stop()
 {
-	stop_pidfile "$MQ_DIR/server.pid" "node"
-	stop_pidfile "$MQ_DIR/epmd.pid" "epmd"
+	stop_pidfile "$MQ_DIR/server.pid" "node" yes
+	stop_pidfile "$MQ_DIR/epmd.pid" "epmd" no
 }
 
 case "${1:-}" in
