@@ -17,7 +17,8 @@
 // --ack (default)      acknowledge each message once printed
 // --nack               negative-acknowledge with requeue (redelivered later)
 // --nack-drop          negative-acknowledge without requeue
-// Exit status: 0 once N messages arrived, 1 at timeout (after printing what
+// Once the consumer is registered, "consume.js: consuming from NAME" goes to
+// stderr. Exit status: 0 once N messages arrived, 1 at timeout (after printing what
 // arrived), 2 on bad arguments or connection errors.
 
 const amqp = require('amqplib');
@@ -141,6 +142,9 @@ async function main() {
     else ch.nack(msg, false, false);
     if (received >= opt.count) finish(0);
   }, { noAck: false });
+  // Tests start this program in the background and wait for this line
+  // before making the extension publish.
+  process.stderr.write(`consume.js: consuming from ${opt.queue}\n`);
 
   const status = await done;
   clearTimeout(timer);

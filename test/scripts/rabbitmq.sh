@@ -17,7 +17,8 @@
 #                    cookie), mnesia/ (durable queues, persistent messages),
 #                    log/ and the pid file. Starting again with the same
 #                    MQ_DIR recovers the previous state.
-#   MQ_PORT          AMQP port on 127.0.0.1 (default 5789; at most 43525)
+#   MQ_PORT          AMQP port on 127.0.0.1 (default: the port of the last
+#                    start in MQ_DIR, else 5789; at most 43525)
 #   MQ_DIST_PORT     Erlang distribution port (default MQ_PORT+20000)
 #   MQ_EPMD_PORT     port of this node's own epmd (default MQ_PORT+21000)
 #   MQ_CTL_PORT      first of 10 ports used by rabbitmqctl (default
@@ -34,6 +35,11 @@ RMQ_SBIN=/usr/lib/rabbitmq/bin
 die() { echo "rabbitmq.sh: $*" >&2; exit 1; }
 
 [ -n "${MQ_DIR:-}" ] || die "MQ_DIR is required"
+# A node started before remembers its port (lets cleanup code stop it
+# knowing only MQ_DIR).
+if [ -z "${MQ_PORT:-}" ] && [ -s "$MQ_DIR/port" ]; then
+    MQ_PORT="$(cat "$MQ_DIR/port")"
+fi
 MQ_PORT="${MQ_PORT:-5789}"
 case "$MQ_PORT" in ''|*[!0-9]*) die "MQ_PORT must be a number" ;; esac
 MQ_DIST_PORT="${MQ_DIST_PORT:-$((MQ_PORT + 20000))}"
@@ -139,6 +145,7 @@ do_start() {
         die "127.0.0.1:${MQ_PORT} is already in use"
     fi
     rm -f "$PID_FILE"
+    echo "$MQ_PORT" > "$MQ_DIR/port"
     local t0 t1
     t0="$(date +%s.%N)"
     # setsid: the node must not die with the caller's terminal or process
