@@ -22,7 +22,8 @@
 #	BENCH_KEEP		set to 1 to keep the broker's state directory
 #	BENCH_BROKER_SCRIPT
 #					broker control script (start|wait|stop, MQ_DIR, MQ_PORT);
-#					default test/scripts/rabbitmq.sh, or bench/scratch_broker.sh
+#					default test/scripts/rabbitmq.sh, else
+#					bench/scratch_broker.sh
 #					when that is missing
 #
 # Raw per-run JSON and the summary go to bench/results/<timestamp>/.
