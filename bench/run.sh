@@ -23,8 +23,7 @@
 #	BENCH_BROKER_SCRIPT
 #					broker control script (start|wait|stop, MQ_DIR, MQ_PORT);
 #					default test/scripts/rabbitmq.sh, else
-#					bench/scratch_broker.sh
-#					when that is missing
+#					bench/scratch_broker.sh when that is missing
 #
 # Raw per-run JSON and the summary go to bench/results/<timestamp>/.
 # Every step is bounded: each publisher run by its own 30 s no-progress
