@@ -8,18 +8,7 @@ EXTENSION = messaging
 EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" $(EXTENSION).control)
 
 MODULE_big = messaging
-OBJS = \
-	src/amqp_conn.o \
-	src/consumer.o \
-	src/envelope.o \
-	src/messaging.o \
-	src/outbox.o \
-	src/relay.o \
-	src/shmem.o \
-	src/sql_api.o \
-	src/tracking.o \
-	src/trigger.o \
-	src/uuid7.o
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 
 INSTALL_PARTS = $(sort $(wildcard sql/install/*.sql))
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
@@ -27,7 +16,7 @@ DATA = $(filter-out $(DATA_built), $(wildcard sql/$(EXTENSION)--*--*.sql))
 
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter \
 	-Wno-missing-field-initializers -Werror=implicit-function-declaration
-SHLIB_LINK = -lrabbitmq
+SHLIB_LINK = -lrabbitmq -lssl -lcrypto
 
 # Regression tests need the library preloaded, so they run on a temporary
 # instance configured by test/regress.conf (installcheck never touches an

@@ -1,0 +1,254 @@
+/* sql/install/10_outbox.sql: the outbox, publishing and delivery failures */
+
+/*
+ * Events waiting to be published.  Rows are written by publish_event()
+ * and the row triggers in the publishing transaction and deleted by the
+ * relay once the broker has confirmed them; the table is normally near
+ * empty.  Column order is relied upon by src/outbox.h.
+ */
+CREATE TABLE messaging.outbox (
+	id				uuid PRIMARY KEY,
+	event_type		text NOT NULL,
+	payload			jsonb NOT NULL,
+	target_app		text,
+	tenant_id		text,
+	source_app		text NOT NULL,
+	correlation_id	text,
+	created_at		timestamptz NOT NULL,
+	attempts		integer NOT NULL DEFAULT 0,
+	last_error		text
+) WITH (autovacuum_vacuum_scale_factor = 0,
+		autovacuum_vacuum_threshold = 10000,
+		autovacuum_vacuum_insert_scale_factor = 0,
+		autovacuum_vacuum_insert_threshold = 10000);
+
+COMMENT ON TABLE messaging.outbox IS
+	'events committed but not yet confirmed by the broker';
+
+/*
+ * Events that could not be delivered: returned as unroutable, rejected by
+ * the broker too often, acknowledged negatively by their target, or never
+ * acknowledged.  Kept until cleanup() removes them.
+ */
+CREATE TABLE messaging.failed_events (
+	event_id		uuid PRIMARY KEY,
+	event_type		text NOT NULL,
+	source_app		text NOT NULL,
+	target_app		text,
+	tenant_id		text,
+	correlation_id	text,
+	exchange		text NOT NULL,
+	routing_key		text NOT NULL,
+	envelope		jsonb,
+	reason			text NOT NULL
+		CHECK (reason IN ('unroutable', 'nacked', 'negative_ack', 'ack_timeout')),
+	error			text,
+	attempts		integer NOT NULL DEFAULT 1,
+	created_at		timestamptz NOT NULL,
+	failed_at		timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX failed_events_failed_at_idx ON messaging.failed_events (failed_at);
+
+COMMENT ON TABLE messaging.failed_events IS
+	'one row per event that could not be delivered';
+
+/*
+ * Directed events the broker confirmed, waiting for their target
+ * application's acknowledgement.  Deleted on acknowledgement; failed by
+ * the ack timeout.
+ */
+CREATE TABLE messaging.awaiting_ack (
+	event_id		uuid PRIMARY KEY,
+	event_type		text NOT NULL,
+	source_app		text NOT NULL,
+	target_app		text NOT NULL,
+	tenant_id		text,
+	created_at		timestamptz NOT NULL,
+	published_at	timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX awaiting_ack_published_at_idx ON messaging.awaiting_ack (published_at);
+
+/*
+ * Counters: what successes leave behind.  One row per hour, tenant,
+ * source application, target application and event type; '' stands for
+ * "no tenant" and, in target_app, for a broadcast.  Written in aggregate,
+ * one upsert per key and relay pass.
+ */
+CREATE TABLE messaging.event_counters (
+	bucket			timestamptz NOT NULL,
+	tenant_id		text NOT NULL DEFAULT '',
+	source_app		text NOT NULL,
+	target_app		text NOT NULL DEFAULT '',
+	event_type		text NOT NULL,
+	published		bigint NOT NULL DEFAULT 0,
+	acknowledged	bigint NOT NULL DEFAULT 0,
+	failed			bigint NOT NULL DEFAULT 0,
+	received		bigint NOT NULL DEFAULT 0,
+	unhandled		bigint NOT NULL DEFAULT 0,
+	last_event_at	timestamptz,
+	PRIMARY KEY (bucket, tenant_id, source_app, target_app, event_type)
+);
+
+COMMENT ON TABLE messaging.event_counters IS
+	'hourly event counts per tenant, source, target and type';
+
+CREATE FUNCTION messaging.uuid_generate_v7()
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'messaging_uuid_generate_v7'
+LANGUAGE C VOLATILE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION messaging.uuid_generate_v7() IS
+	'a new time-ordered UUID (version 7)';
+
+CREATE FUNCTION messaging.publish_event(
+	event_type text,
+	payload jsonb,
+	target_app text DEFAULT NULL,
+	tenant_id text DEFAULT NULL,
+	source_app text DEFAULT NULL,
+	correlation_id text DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'messaging_publish_event'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION messaging.publish_event(text, jsonb, text, text, text, text) IS
+	'queue an event for publication when the transaction commits; returns its id';
+
+CREATE FUNCTION messaging.event_envelope(
+	id uuid, event_type text, source_app text, "time" timestamptz,
+	data jsonb, target_app text DEFAULT NULL, tenant_id text DEFAULT NULL,
+	correlation_id text DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'messaging_event_envelope'
+LANGUAGE C IMMUTABLE;
+
+COMMENT ON FUNCTION messaging.event_envelope(uuid, text, text, timestamptz, jsonb, text, text, text) IS
+	'the CloudEvents envelope of an event, as the relay publishes it';
+
+/*
+ * Bumps the counters; used by both workers with one row per key.
+ */
+CREATE FUNCTION messaging._bump_counters(
+	tenant_ids text[], source_apps text[], target_apps text[],
+	event_types text[], published bigint[], acknowledged bigint[],
+	failed bigint[], received bigint[], unhandled bigint[])
+RETURNS void
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+	INSERT INTO messaging.event_counters AS c
+		(bucket, tenant_id, source_app, target_app, event_type,
+		 published, acknowledged, failed, received, unhandled, last_event_at)
+	SELECT date_trunc('hour', now()), coalesce(t, ''), s, coalesce(g, ''), e,
+		   sum(p), sum(a), sum(f), sum(r), sum(u), now()
+	FROM unnest(tenant_ids, source_apps, target_apps, event_types,
+				published, acknowledged, failed, received, unhandled)
+		AS x(t, s, g, e, p, a, f, r, u)
+	GROUP BY 1, 2, 3, 4, 5
+	ON CONFLICT (bucket, tenant_id, source_app, target_app, event_type)
+	DO UPDATE SET published = c.published + excluded.published,
+				  acknowledged = c.acknowledged + excluded.acknowledged,
+				  failed = c.failed + excluded.failed,
+				  received = c.received + excluded.received,
+				  unhandled = c.unhandled + excluded.unhandled,
+				  last_event_at = excluded.last_event_at;
+$$;
+
+/*
+ * What the relay calls after a pass, with one array element per settled
+ * event.  outcomes: 'published' (confirmed), 'unroutable' (returned),
+ * 'nacked' (rejected too often), 'retry' (rejected; try again).
+ */
+CREATE FUNCTION messaging._relay_outcome(
+	ctids tid[], ids uuid[], outcomes text[], errors text[],
+	event_types text[], target_apps text[], tenant_ids text[],
+	source_apps text[], exchanges text[], routing_keys text[],
+	attempts integer[], created_ats timestamptz[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	failed_ctids tid[];
+	retry_ctids tid[];
+BEGIN
+	SELECT array_agg(c) FILTER (WHERE o IN ('unroutable', 'nacked')),
+		   array_agg(c) FILTER (WHERE o = 'retry')
+	  INTO failed_ctids, retry_ctids
+	  FROM unnest(ctids, outcomes) AS x(c, o);
+
+	IF failed_ctids IS NOT NULL THEN
+		INSERT INTO messaging.failed_events AS f
+			(event_id, event_type, source_app, target_app, tenant_id,
+			 correlation_id, exchange, routing_key, envelope, reason, error,
+			 attempts, created_at)
+		SELECT b.id, b.event_type, b.source_app, b.target_app, b.tenant_id,
+			   b.correlation_id, x.exchange, x.routing_key,
+			   messaging.event_envelope(b.id, b.event_type, b.source_app,
+										b.created_at, b.payload, b.target_app,
+										b.tenant_id, b.correlation_id),
+			   x.outcome, x.error, x.attempts, b.created_at
+		FROM messaging.outbox b
+		JOIN unnest(ctids, outcomes, errors, exchanges, routing_keys, attempts)
+			AS x(c, outcome, error, exchange, routing_key, attempts)
+			ON x.c = b.ctid
+		WHERE b.ctid = ANY (failed_ctids)
+		ON CONFLICT (event_id) DO UPDATE
+			SET reason = excluded.reason, error = excluded.error,
+				attempts = f.attempts + excluded.attempts,
+				failed_at = excluded.failed_at;
+	END IF;
+
+	IF retry_ctids IS NOT NULL THEN
+		UPDATE messaging.outbox
+		   SET attempts = attempts + 1, last_error = 'broker rejected the message'
+		 WHERE ctid = ANY (retry_ctids);
+	END IF;
+
+	DELETE FROM messaging.outbox
+	 WHERE ctid = ANY (ctids)
+	   AND ctid <> ALL (coalesce(retry_ctids, '{}'));
+
+	INSERT INTO messaging.awaiting_ack
+		(event_id, event_type, source_app, target_app, tenant_id, created_at)
+	SELECT i, e, s, g, t, c
+	FROM unnest(ids, outcomes, event_types, source_apps, target_apps,
+				tenant_ids, created_ats) AS x(i, o, e, s, g, t, c)
+	WHERE o = 'published' AND g IS NOT NULL
+	ON CONFLICT (event_id) DO NOTHING;
+
+	PERFORM messaging._bump_counters(
+		array_agg(t), array_agg(s), array_agg(g), array_agg(e),
+		array_agg(CASE WHEN o = 'published' THEN 1 ELSE 0 END::bigint),
+		array_agg(CASE WHEN o = 'published' AND g IS NULL THEN 1 ELSE 0 END::bigint),
+		array_agg(CASE WHEN o IN ('unroutable', 'nacked') THEN 1 ELSE 0 END::bigint),
+		array_fill(0::bigint, ARRAY[count(*)::int]),
+		array_fill(0::bigint, ARRAY[count(*)::int]))
+	FROM unnest(outcomes, event_types, target_apps, tenant_ids, source_apps)
+		AS x(o, e, g, t, s)
+	WHERE o <> 'retry'
+	HAVING count(*) > 0;
+END
+$$;
+
+CREATE FUNCTION messaging._connection_status(
+	OUT worker text, OUT pid integer, OUT state text, OUT broker_host text,
+	OUT broker_port integer, OUT connected_since timestamptz,
+	OUT last_error text, OUT last_error_at timestamptz,
+	OUT reconnects bigint, OUT published bigint, OUT failed bigint,
+	OUT backlog bigint, OUT last_success timestamptz,
+	OUT dead_letter_depth bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'messaging_connection_status'
+LANGUAGE C VOLATILE STRICT;
+
+/*
+ * One row per worker.  For the relay, published/failed count events and
+ * backlog is the outbox; for the consumer they count handled and
+ * dead-lettered events and backlog is the queue depth the broker reports.
+ */
+CREATE VIEW messaging.connection_status AS
+	SELECT * FROM messaging._connection_status();
+
+COMMENT ON VIEW messaging.connection_status IS
+	'state of each messaging worker and its broker connection';

@@ -1,0 +1,68 @@
+/*-------------------------------------------------------------------------
+ *
+ * amqp_conn.h
+ *	  One AMQP connection of a messaging worker, on top of rabbitmq-c 0.11.
+ *
+ * Copyright (c) 2026, the messaging authors
+ *
+ * IDENTIFICATION
+ *	  src/amqp_conn.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MESSAGING_AMQP_CONN_H
+#define MESSAGING_AMQP_CONN_H
+
+#include <amqp.h>
+#include <amqp_framing.h>
+
+#include "utils/timestamp.h"
+
+#define AMQP_CONN_ERRLEN	512
+
+typedef struct AmqpConn
+{
+	amqp_connection_state_t state;	/* NULL when closed */
+	int			fd;
+	char		host[256];		/* from the URL; never the password */
+	int			port;
+	char		vhost[256];
+	int			heartbeat;		/* negotiated, seconds; 0 = none */
+	TimestampTz last_heard;		/* last time the socket had data */
+	TimestampTz last_beat_sent;
+	bool		blocked;		/* connection.blocked received */
+	char		error[AMQP_CONN_ERRLEN];	/* why the last call failed */
+} AmqpConn;
+
+/* Exponential backoff with jitter between connection attempts. */
+typedef struct AmqpBackoff
+{
+	int			failures;
+	TimestampTz next_attempt;
+} AmqpBackoff;
+
+extern bool amqp_conn_open(AmqpConn *c, const char *url, const char *ca_file,
+						   const char *connection_name);
+extern void amqp_conn_close(AmqpConn *c);
+extern void amqp_conn_drop(AmqpConn *c);
+
+extern bool amqp_conn_reply_ok(AmqpConn *c, const char *what);
+extern void amqp_conn_status_error(AmqpConn *c, int status, const char *what);
+extern bool amqp_conn_declare_exchange(AmqpConn *c, amqp_channel_t ch,
+									   const char *name, const char *type);
+
+extern int	amqp_conn_wait(AmqpConn *c, long timeout_ms);
+extern int	amqp_conn_next_frame(AmqpConn *c, amqp_frame_t *frame,
+								 long timeout_ms);
+extern bool amqp_conn_handle_connection_frame(AmqpConn *c,
+											  const amqp_frame_t *frame);
+extern bool amqp_conn_keepalive(AmqpConn *c);
+extern long amqp_conn_tick_ms(AmqpConn *c, long max_ms);
+
+extern void amqp_backoff_failed(AmqpBackoff *b, int max_delay_ms);
+extern void amqp_backoff_reset(AmqpBackoff *b);
+extern long amqp_backoff_remaining_ms(const AmqpBackoff *b);
+
+extern char *amqp_bytes_to_cstring(amqp_bytes_t b);
+
+#endif							/* MESSAGING_AMQP_CONN_H */

@@ -1,0 +1,1026 @@
+/*-------------------------------------------------------------------------
+ *
+ * relay.c
+ *	  The relay worker: publishes committed outbox rows to RabbitMQ with
+ *	  publisher confirms, and deletes them once the broker has them.
+ *
+ * One pass ("drain") is one database transaction:
+ *
+ *	1. Read up to messaging.publish_batch_size outbox rows in id order
+ *	   with FOR UPDATE SKIP LOCKED, build each envelope and publish it
+ *	   with the mandatory flag on a channel in confirm mode.  While the
+ *	   broker has messaging.publish_window messages unconfirmed, stop and
+ *	   read confirms; otherwise read whatever confirms have arrived and go
+ *	   on, so that publishing never waits for one confirm at a time.
+ *	2. Read the next rows (id greater than the last one read) the same
+ *	   way, until the outbox yields nothing more or the pass has handled
+ *	   twenty batches; rows that commit later with a smaller id are picked
+ *	   up by the next pass, which starts again from the smallest id.
+ *	3. Wait for the remaining confirms, then record the outcome of each
+ *	   event in one call of messaging._relay_outcome(): acked rows are
+ *	   deleted and only counted; returned (unroutable) rows and rows nacked
+ *	   messaging.publish_max_attempts times move to failed_events; other
+ *	   nacked rows stay for another pass.  Then commit.
+ *
+ * Nothing is deleted before the broker confirmed it, so a crash of the
+ * worker, the server or the broker at any point leaves the row in the
+ * outbox and it is published again: delivery is at-least-once, and a
+ * republished event keeps its id (the AMQP message_id).
+ *
+ * When the connection fails, confirmed rows of the current pass are still
+ * recorded, the rest stay, and the worker reconnects with exponential
+ * backoff and jitter (see amqp_conn.c), logging the change of state once.
+ * A broker that blocks the connection (resource alarm) is waited out
+ * without publishing.  The worker sleeps on its latch, which committing
+ * publishers set, and on the socket, servicing heartbeats while idle.
+ *
+ * Copyright (c) 2026, the messaging authors
+ *
+ * IDENTIFICATION
+ *	  src/relay.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+/* These are always necessary for a bgworker */
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+
+/* these headers are used by this particular worker's code */
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "pgstat.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "amqp_conn.h"
+#include "envelope.h"
+#include "messaging.h"
+#include "shmem.h"
+
+/* A pass handles at most this many batches before it commits. */
+#define RELAY_BATCHES_PER_PASS	20
+
+/* Slice of a blocking wait, so that interrupts are seen promptly. */
+#define RELAY_WAIT_SLICE_MS		100
+
+typedef enum RelayOutcome
+{
+	RELAY_INFLIGHT = 0,			/* published, no confirm yet */
+	RELAY_ACKED,
+	RELAY_NACKED,
+	RELAY_RETURNED				/* unroutable: basic.return received */
+} RelayOutcome;
+
+/* One outbox row of the current pass. */
+typedef struct RelayEvent
+{
+	ItemPointerData ctid;
+	pg_uuid_t	id;
+	char	   *event_type;
+	char	   *target_app;
+	char	   *tenant_id;
+	char	   *source_app;
+	char	   *exchange;
+	char	   *routing_key;
+	int32		attempts;
+	TimestampTz created_at;
+	RelayOutcome outcome;
+	char	   *error;
+} RelayEvent;
+
+/* State of the pass in progress. */
+typedef struct RelayPass
+{
+	RelayEvent *events;
+	int			nevents;		/* events read (and published) */
+	int			capacity;
+	uint64		first_tag;		/* delivery tag of events[0] */
+	int			unconfirmed;	/* events still RELAY_INFLIGHT */
+	int			low;			/* no event below this one is in flight */
+	bool		broken;			/* connection lost during the pass */
+} RelayPass;
+
+static AmqpConn conn;
+static AmqpBackoff backoff;
+static uint64 next_tag = 1;		/* delivery tag of the next publish */
+static char *connected_url = NULL;
+static bool extension_ready = false;
+static bool logged_failure = false;
+static MemoryContext pass_context = NULL;
+static SPIPlanPtr fetch_plan = NULL;
+static SPIPlanPtr outcome_plan = NULL;
+static SPIPlanPtr count_plan = NULL;
+static TimestampTz last_count = 0;
+
+static void
+set_state(MessagingConnState state, const char *error)
+{
+	MessagingWorkerStatus *st = messaging_status_begin(MSG_WORKER_RELAY);
+
+	st->state = state;
+	strlcpy(st->host, conn.host, sizeof(st->host));
+	st->port = conn.port;
+	if (state == MSG_CONN_CONNECTED && st->connected_since == 0)
+		st->connected_since = GetCurrentTimestamp();
+	else if (state == MSG_CONN_DISCONNECTED || state == MSG_CONN_CONNECTING)
+		st->connected_since = 0;
+	if (error != NULL)
+	{
+		strlcpy(st->last_error, error, sizeof(st->last_error));
+		st->last_error_at = GetCurrentTimestamp();
+	}
+	messaging_status_end();
+}
+
+/*
+ * Connects and prepares the publishing channel: declares both exchanges
+ * (durable, idempotent) and enables confirm mode.
+ */
+static bool
+relay_connect(void)
+{
+	char		name[64];
+	MessagingWorkerStatus *st;
+	bool		reconnect;
+
+	set_state(MSG_CONN_CONNECTING, NULL);
+	snprintf(name, sizeof(name), "messaging relay (pid %d)", MyProcPid);
+
+	if (!amqp_conn_open(&conn, messaging_broker_url, messaging_broker_ca_file,
+						name))
+		goto fail;
+	if (!amqp_conn_declare_exchange(&conn, 1, MESSAGING_TOPIC_EXCHANGE, "topic") ||
+		!amqp_conn_declare_exchange(&conn, 1, MESSAGING_FANOUT_EXCHANGE, "fanout"))
+		goto fail;
+	amqp_confirm_select(conn.state, 1);
+	if (!amqp_conn_reply_ok(&conn, "enable publisher confirms"))
+		goto fail;
+
+	next_tag = 1;
+	if (connected_url)
+		pfree(connected_url);
+	connected_url = MemoryContextStrdup(TopMemoryContext, messaging_broker_url);
+
+	st = messaging_status_begin(MSG_WORKER_RELAY);
+	reconnect = (st->reconnects > 0 || st->last_success != 0 ||
+				 backoff.failures > 0);
+	st->reconnects += reconnect ? 1 : 0;
+	messaging_status_end();
+
+	ereport(LOG,
+			(errmsg("messaging relay connected to RabbitMQ at %s:%d",
+					conn.host, conn.port),
+			 backoff.failures > 0 ?
+			 errdetail_plural("Connected after %d failed attempt.",
+							  "Connected after %d failed attempts.",
+							  backoff.failures, backoff.failures) : 0));
+	amqp_backoff_reset(&backoff);
+	logged_failure = false;
+	set_state(MSG_CONN_CONNECTED, NULL);
+	return true;
+
+fail:
+	amqp_conn_drop(&conn);
+	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
+
+	/* Log the first failure of a series; later ones go to DEBUG1. */
+	ereport(logged_failure ? DEBUG1 : LOG,
+			(errmsg("messaging relay could not connect to RabbitMQ at %s:%d",
+					conn.host[0] ? conn.host : "(unknown)", conn.port),
+			 errdetail("%s", conn.error),
+			 logged_failure ? 0 :
+			 errhint("Events stay in the outbox; the relay retries with backoff up to \"%s\".",
+					 "messaging.reconnect_max_delay")));
+	logged_failure = true;
+	set_state(MSG_CONN_DISCONNECTED, conn.error);
+	return false;
+}
+
+/*
+ * The connection broke: forget it and schedule a reconnect.
+ */
+static void
+relay_lost_connection(void)
+{
+	ereport(LOG,
+			(errmsg("messaging relay lost its connection to RabbitMQ at %s:%d",
+					conn.host, conn.port),
+			 errdetail("%s", conn.error)));
+	set_state(MSG_CONN_DISCONNECTED, conn.error);
+	amqp_conn_drop(&conn);
+	logged_failure = true;
+	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
+}
+
+static RelayEvent *
+event_for_tag(RelayPass *pass, uint64 tag)
+{
+	if (tag < pass->first_tag || tag >= pass->first_tag + pass->nevents)
+		return NULL;
+	return &pass->events[tag - pass->first_tag];
+}
+
+static void
+settle(RelayPass *pass, RelayEvent *ev, bool ack)
+{
+	if (ev->outcome != RELAY_INFLIGHT && ev->outcome != RELAY_RETURNED)
+		return;
+	if (ev->outcome == RELAY_INFLIGHT)
+		ev->outcome = ack ? RELAY_ACKED : RELAY_NACKED;
+	else if (!ack)
+		ev->outcome = RELAY_NACKED; /* a nack outranks a return */
+	pass->unconfirmed--;
+}
+
+/* basic.ack / basic.nack: one tag, or every tag up to it. */
+static void
+handle_confirm(RelayPass *pass, uint64 tag, bool multiple, bool ack)
+{
+	if (multiple)
+	{
+		while (pass->low < pass->nevents &&
+			   pass->first_tag + pass->low <= tag)
+		{
+			settle(pass, &pass->events[pass->low], ack);
+			pass->low++;
+		}
+	}
+	else
+	{
+		RelayEvent *ev = event_for_tag(pass, tag);
+
+		if (ev != NULL)
+			settle(pass, ev, ack);
+		while (pass->low < pass->nevents &&
+			   pass->events[pass->low].outcome != RELAY_INFLIGHT &&
+			   pass->events[pass->low].outcome != RELAY_RETURNED)
+			pass->low++;
+	}
+}
+
+/*
+ * basic.return: the broker could route the message nowhere.  The message
+ * comes back with its properties; its message_id names the event.  The
+ * ack for it follows and does not change the outcome.
+ */
+static bool
+handle_return(RelayPass *pass, const amqp_frame_t *frame)
+{
+	amqp_basic_return_t *m = frame->payload.method.decoded;
+	unsigned	reply_code = m->reply_code;
+	char	   *reply_text = amqp_bytes_to_cstring(m->reply_text);
+	amqp_message_t msg;
+	amqp_rpc_reply_t r;
+	char	   *message_id;
+	int			i;
+
+	r = amqp_read_message(conn.state, frame->channel, &msg, 0);
+	if (r.reply_type != AMQP_RESPONSE_NORMAL)
+	{
+		amqp_conn_status_error(&conn, r.library_error,
+							   "read returned message");
+		return false;
+	}
+
+	if (msg.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG)
+	{
+		message_id = amqp_bytes_to_cstring(msg.properties.message_id);
+		for (i = pass->low; i < pass->nevents; i++)
+		{
+			RelayEvent *ev = &pass->events[i];
+			char		idbuf[UUID_LEN * 2 + 5];
+
+			if (ev->outcome != RELAY_INFLIGHT)
+				continue;
+			messaging_format_uuid(&ev->id, idbuf);
+			if (strcmp(idbuf, message_id) == 0)
+			{
+				MemoryContext old = MemoryContextSwitchTo(pass_context);
+
+				ev->outcome = RELAY_RETURNED;
+				ev->error = psprintf("broker returned the message: %u %s "
+									 "(no queue is bound to exchange \"%s\" "
+									 "for routing key \"%s\")",
+									 reply_code, reply_text, ev->exchange,
+									 ev->routing_key);
+				MemoryContextSwitchTo(old);
+				break;
+			}
+		}
+	}
+	amqp_destroy_message(&msg);
+	return true;
+}
+
+/*
+ * Reads frames: the first wait lasts up to timeout_ms, then whatever else
+ * is already available.  Returns false when the connection is gone.
+ */
+static bool
+relay_read_frames(RelayPass *pass, long timeout_ms)
+{
+	long		wait_ms = timeout_ms;
+
+	for (;;)
+	{
+		amqp_frame_t frame;
+		int			rc;
+
+		rc = amqp_conn_next_frame(&conn, &frame, wait_ms);
+		if (rc == AMQP_STATUS_TIMEOUT)
+			return true;
+		if (rc != AMQP_STATUS_OK)
+			return false;
+		wait_ms = 0;
+
+		if (frame.frame_type != AMQP_FRAME_METHOD)
+			continue;
+
+		switch (frame.payload.method.id)
+		{
+			case AMQP_BASIC_ACK_METHOD:
+				{
+					amqp_basic_ack_t *m = frame.payload.method.decoded;
+
+					if (pass)
+						handle_confirm(pass, m->delivery_tag, m->multiple, true);
+					break;
+				}
+			case AMQP_BASIC_NACK_METHOD:
+				{
+					amqp_basic_nack_t *m = frame.payload.method.decoded;
+
+					if (pass)
+						handle_confirm(pass, m->delivery_tag, m->multiple, false);
+					break;
+				}
+			case AMQP_BASIC_RETURN_METHOD:
+				if (pass == NULL)
+				{
+					amqp_message_t msg;
+
+					(void) amqp_read_message(conn.state, frame.channel, &msg, 0);
+					amqp_destroy_message(&msg);
+				}
+				else if (!handle_return(pass, &frame))
+					return false;
+				break;
+			case AMQP_CHANNEL_CLOSE_METHOD:
+				{
+					amqp_channel_close_t *m = frame.payload.method.decoded;
+					amqp_channel_close_ok_t ok;
+
+					snprintf(conn.error, sizeof(conn.error),
+							 "broker closed the publishing channel: %u %.*s",
+							 m->reply_code, (int) m->reply_text.len,
+							 (char *) m->reply_text.bytes);
+					(void) amqp_send_method(conn.state, frame.channel,
+											AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
+					return false;
+				}
+			default:
+				if (!amqp_conn_handle_connection_frame(&conn, &frame))
+					return false;
+				if (conn.blocked)
+					set_state(MSG_CONN_BLOCKED, conn.error);
+				else
+					set_state(MSG_CONN_CONNECTED, NULL);
+				break;
+		}
+	}
+}
+
+/*
+ * Waits until fewer than `limit` events are unconfirmed.  Gives up (and
+ * declares the connection broken) after messaging.confirm_timeout without
+ * progress.
+ */
+static bool
+relay_wait_confirms(RelayPass *pass, int limit)
+{
+	TimestampTz progress_at = GetCurrentTimestamp();
+	int			last = pass->unconfirmed;
+
+	while (pass->unconfirmed > limit)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (!relay_read_frames(pass, RELAY_WAIT_SLICE_MS))
+			return false;
+		if (pass->unconfirmed != last)
+		{
+			last = pass->unconfirmed;
+			progress_at = GetCurrentTimestamp();
+		}
+		else if (TimestampDifferenceExceeds(progress_at, GetCurrentTimestamp(),
+											messaging_confirm_timeout))
+		{
+			snprintf(conn.error, sizeof(conn.error),
+					 "no publisher confirm from the broker within %d ms",
+					 messaging_confirm_timeout);
+			return false;
+		}
+		if (!amqp_conn_keepalive(&conn))
+			return false;
+	}
+	return true;
+}
+
+static char *
+getattr_text(HeapTuple tup, TupleDesc desc, int attno)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, attno, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static void
+prepare_plans(void)
+{
+	if (fetch_plan == NULL)
+	{
+		Oid			types[2] = {UUIDOID, INT4OID};
+
+		fetch_plan = SPI_prepare("SELECT ctid, id, event_type, payload, target_app,"
+								 " tenant_id, source_app, correlation_id,"
+								 " created_at, attempts"
+								 " FROM messaging.outbox WHERE id > $1"
+								 " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+								 2, types);
+		if (fetch_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(fetch_plan);
+	}
+	if (outcome_plan == NULL)
+	{
+		Oid			types[12] = {TIDARRAYOID, UUIDARRAYOID, TEXTARRAYOID,
+			TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+		TIMESTAMPTZARRAYOID};
+
+		outcome_plan = SPI_prepare("SELECT messaging._relay_outcome($1, $2, $3,"
+								   " $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+								   12, types);
+		if (outcome_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(outcome_plan);
+	}
+	if (count_plan == NULL)
+	{
+		count_plan = SPI_prepare("SELECT count(*) FROM messaging.outbox", 0, NULL);
+		if (count_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(count_plan);
+	}
+}
+
+/*
+ * Publishes one outbox row.  Returns false when the connection broke.
+ */
+static bool
+publish_row(RelayPass *pass, HeapTuple tup, TupleDesc desc,
+			StringInfo body, StringInfo key)
+{
+	RelayEvent *ev;
+	EnvelopeFields f;
+	amqp_basic_properties_t props;
+	bool		isnull;
+	char		idbuf[UUID_LEN * 2 + 5];
+	char	   *correlation_id;
+	const char *exchange;
+	int			rc;
+	MemoryContext old;
+
+	old = MemoryContextSwitchTo(pass_context);
+	if (pass->nevents == pass->capacity)
+	{
+		pass->capacity *= 2;
+		pass->events = repalloc(pass->events,
+								sizeof(RelayEvent) * pass->capacity);
+	}
+	ev = &pass->events[pass->nevents];
+	memset(ev, 0, sizeof(RelayEvent));
+
+	ev->ctid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1, &isnull));
+	memcpy(&ev->id, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)),
+		   sizeof(pg_uuid_t));
+	ev->event_type = getattr_text(tup, desc, 3);
+	ev->target_app = getattr_text(tup, desc, 5);
+	ev->tenant_id = getattr_text(tup, desc, 6);
+	ev->source_app = getattr_text(tup, desc, 7);
+	correlation_id = getattr_text(tup, desc, 8);
+	ev->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+	ev->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+	exchange = messaging_route(ev->target_app, ev->event_type, key);
+	ev->exchange = (char *) exchange;
+	ev->routing_key = pstrdup(key->data);
+	MemoryContextSwitchTo(old);
+
+	f.id = &ev->id;
+	f.event_type = ev->event_type;
+	f.source_app = ev->source_app;
+	f.target_app = ev->target_app;
+	f.tenant_id = ev->tenant_id;
+	f.correlation_id = correlation_id;
+	f.time = ev->created_at;
+	f.data = DatumGetJsonbP(SPI_getbinval(tup, desc, 4, &isnull));
+
+	resetStringInfo(body);
+	messaging_envelope_build(body, &f);
+	messaging_format_uuid(&ev->id, idbuf);
+
+	memset(&props, 0, sizeof(props));
+	props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG |
+		AMQP_BASIC_DELIVERY_MODE_FLAG |
+		AMQP_BASIC_MESSAGE_ID_FLAG |
+		AMQP_BASIC_TYPE_FLAG |
+		AMQP_BASIC_APP_ID_FLAG |
+		AMQP_BASIC_TIMESTAMP_FLAG;
+	props.content_type = amqp_cstring_bytes(MESSAGING_CONTENT_TYPE);
+	props.delivery_mode = AMQP_DELIVERY_PERSISTENT;
+	props.message_id = amqp_cstring_bytes(idbuf);
+	props.type = amqp_cstring_bytes(ev->event_type);
+	props.app_id = amqp_cstring_bytes(ev->source_app);
+	props.timestamp = (uint64_t) (timestamptz_to_time_t(ev->created_at));
+	if (correlation_id != NULL)
+	{
+		props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+		props.correlation_id = amqp_cstring_bytes(correlation_id);
+	}
+
+	/*
+	 * XXX: rabbitmq-c 0.11 writes without a deadline, so a broker that stops
+	 * reading from the socket (without sending connection.blocked) can hold
+	 * this call until TCP gives up.
+	 */
+	rc = amqp_basic_publish(conn.state, 1,
+							amqp_cstring_bytes(exchange),
+							amqp_cstring_bytes(key->data),
+							1, 0, &props,
+							amqp_cstring_bytes(body->data));
+	if (rc != AMQP_STATUS_OK)
+	{
+		amqp_conn_status_error(&conn, rc, "publish message");
+		return false;
+	}
+
+	if (pass->nevents == 0)
+		pass->first_tag = next_tag;
+	next_tag++;
+	ev->outcome = RELAY_INFLIGHT;
+	pass->nevents++;
+	pass->unconfirmed++;
+	return true;
+}
+
+static Datum
+build_array(Datum *elems, bool *nulls, int n, Oid elemtype)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
+											  elemtype, typlen, typbyval,
+											  typalign));
+}
+
+static Datum
+text_or_null(const char *s, bool *isnull)
+{
+	*isnull = (s == NULL);
+	return s ? CStringGetTextDatum(s) : (Datum) 0;
+}
+
+/*
+ * Hands the settled events of the pass to messaging._relay_outcome().
+ * Returns how many events left the outbox for good.
+ */
+static int
+record_outcomes(RelayPass *pass, int *published, int *failed)
+{
+	int			n = 0;
+	int			i;
+	Datum	   *cols[12];
+	bool	   *nulls[12];
+	Datum		args[12];
+	static const Oid elemtypes[12] = {TIDOID, UUIDOID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID,
+	TIMESTAMPTZOID};
+	int			c;
+	int			rc;
+
+	*published = *failed = 0;
+	for (c = 0; c < 12; c++)
+	{
+		cols[c] = palloc(sizeof(Datum) * Max(pass->nevents, 1));
+		nulls[c] = palloc0(sizeof(bool) * Max(pass->nevents, 1));
+	}
+
+	for (i = 0; i < pass->nevents; i++)
+	{
+		RelayEvent *ev = &pass->events[i];
+		const char *outcome;
+
+		switch (ev->outcome)
+		{
+			case RELAY_ACKED:
+				outcome = "published";
+				(*published)++;
+				break;
+			case RELAY_RETURNED:
+				outcome = "unroutable";
+				(*failed)++;
+				break;
+			case RELAY_NACKED:
+				if (ev->attempts + 1 >= messaging_publish_max_attempts)
+				{
+					outcome = "nacked";
+					(*failed)++;
+					ev->error = psprintf("broker rejected the message %d times",
+										 ev->attempts + 1);
+				}
+				else
+				{
+					outcome = "retry";
+					ev->error = "broker rejected the message";
+				}
+				break;
+			default:
+				continue;
+		}
+
+		cols[0][n] = PointerGetDatum(&ev->ctid);
+		cols[1][n] = UUIDPGetDatum(&ev->id);
+		cols[2][n] = CStringGetTextDatum(outcome);
+		cols[3][n] = text_or_null(ev->error, &nulls[3][n]);
+		cols[4][n] = CStringGetTextDatum(ev->event_type);
+		cols[5][n] = text_or_null(ev->target_app, &nulls[5][n]);
+		cols[6][n] = text_or_null(ev->tenant_id, &nulls[6][n]);
+		cols[7][n] = CStringGetTextDatum(ev->source_app);
+		cols[8][n] = CStringGetTextDatum(ev->exchange);
+		cols[9][n] = CStringGetTextDatum(ev->routing_key);
+		cols[10][n] = Int32GetDatum(ev->attempts + 1);
+		cols[11][n] = TimestampTzGetDatum(ev->created_at);
+		n++;
+	}
+
+	if (n == 0)
+		return 0;
+
+	for (c = 0; c < 12; c++)
+		args[c] = build_array(cols[c], nulls[c], n, elemtypes[c]);
+
+	rc = SPI_execute_plan(outcome_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not record publish outcomes: %s",
+			 SPI_result_code_string(rc));
+
+	return *published + *failed;
+}
+
+/* Puts the settled events of a committed pass into the recent record. */
+static void
+remember_outcomes(RelayPass *pass)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	if (messaging_recent_events == 0)
+		return;
+
+	for (i = 0; i < pass->nevents; i++)
+	{
+		RelayEvent *ev = &pass->events[i];
+		RecentEvent rec;
+
+		if (ev->outcome == RELAY_INFLIGHT ||
+			(ev->outcome == RELAY_NACKED &&
+			 ev->attempts + 1 < messaging_publish_max_attempts))
+			continue;
+
+		memset(&rec, 0, sizeof(rec));
+		rec.id = ev->id;
+		if (ev->outcome == RELAY_ACKED)
+			rec.status = ev->target_app ? RECENT_PUBLISHED : RECENT_DELIVERED;
+		else
+			rec.status = RECENT_FAILED;
+		rec.attempts = ev->attempts + 1;
+		rec.created_at = ev->created_at;
+		rec.published_at = now;
+		strlcpy(rec.event_type, ev->event_type, sizeof(rec.event_type));
+		if (ev->target_app)
+			strlcpy(rec.target_app, ev->target_app, sizeof(rec.target_app));
+		if (ev->tenant_id)
+			strlcpy(rec.tenant_id, ev->tenant_id, sizeof(rec.tenant_id));
+		messaging_recent_put(&rec);
+	}
+}
+
+/*
+ * One pass over the outbox, in one transaction.  Returns true when the
+ * outbox probably holds more rows right now.
+ */
+static bool
+relay_drain(void)
+{
+	RelayPass	pass;
+	pg_uuid_t	after;
+	StringInfoData body;
+	StringInfoData key;
+	int			batches = 0;
+	bool		more = false;
+	int			published = 0;
+	int			failed = 0;
+	int64		backlog = -1;
+
+	MemoryContextReset(pass_context);
+	memset(&pass, 0, sizeof(pass));
+	memset(&after, 0, sizeof(after));
+	pass.capacity = Max(messaging_publish_batch_size, 16);
+	pass.events = MemoryContextAlloc(pass_context,
+									 sizeof(RelayEvent) * pass.capacity);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	debug_query_string = "messaging relay: publish outbox";
+	pgstat_report_activity(STATE_RUNNING, debug_query_string);
+
+	prepare_plans();
+	initStringInfo(&body);
+	initStringInfo(&key);
+
+	while (batches < RELAY_BATCHES_PER_PASS && !pass.broken)
+	{
+		Datum		args[2];
+		int			rc;
+		uint64		nrows;
+		uint64		i;
+
+		args[0] = UUIDPGetDatum(&after);
+		args[1] = Int32GetDatum(messaging_publish_batch_size);
+		rc = SPI_execute_plan(fetch_plan, args, NULL, false, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "could not read outbox: %s", SPI_result_code_string(rc));
+
+		nrows = SPI_processed;
+		batches++;
+		for (i = 0; i < nrows; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+
+			CHECK_FOR_INTERRUPTS();
+
+			/* Keep the window: read confirms while it is full. */
+			if (pass.unconfirmed >= messaging_publish_window &&
+				!relay_wait_confirms(&pass, messaging_publish_window - 1))
+			{
+				pass.broken = true;
+				break;
+			}
+			if (conn.blocked)
+				break;
+			if (!publish_row(&pass, tup, SPI_tuptable->tupdesc, &body, &key))
+			{
+				pass.broken = true;
+				break;
+			}
+			/* pick up confirms that have arrived, without waiting */
+			if ((pass.nevents & 63) == 0 && !relay_read_frames(&pass, 0))
+			{
+				pass.broken = true;
+				break;
+			}
+		}
+		if (nrows > 0)
+			memcpy(&after, &pass.events[pass.nevents - 1].id, sizeof(pg_uuid_t));
+		SPI_freetuptable(SPI_tuptable);
+
+		if (nrows < (uint64) messaging_publish_batch_size || conn.blocked)
+			break;
+		if (batches == RELAY_BATCHES_PER_PASS)
+			more = true;
+	}
+
+	if (!pass.broken && pass.unconfirmed > 0 && !relay_wait_confirms(&pass, 0))
+		pass.broken = true;
+
+	if (pass.nevents > 0)
+		(void) record_outcomes(&pass, &published, &failed);
+
+	/* Refresh the backlog figure now and then. */
+	if (!more && !pass.broken)
+		backlog = pass.unconfirmed;
+	else if (TimestampDifferenceExceeds(last_count, GetCurrentTimestamp(), 2000))
+	{
+		if (SPI_execute_plan(count_plan, NULL, NULL, true, 1) == SPI_OK_SELECT &&
+			SPI_processed == 1)
+		{
+			bool		isnull;
+
+			backlog = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 1,
+												  &isnull));
+		}
+		last_count = GetCurrentTimestamp();
+	}
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	debug_query_string = NULL;
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	if (pass.nevents > 0)
+		remember_outcomes(&pass);
+
+	{
+		MessagingWorkerStatus *st = messaging_status_begin(MSG_WORKER_RELAY);
+
+		st->succeeded += published;
+		st->failed += failed;
+		if (published > 0)
+			st->last_success = GetCurrentTimestamp();
+		if (backlog >= 0)
+			st->backlog = backlog;
+		messaging_status_end();
+	}
+
+	if (pass.nevents > 0)
+		elog(DEBUG1, "messaging relay published %d events, %d failed, %d unsettled",
+			 published, failed, pass.unconfirmed);
+
+	if (pass.broken)
+		relay_lost_connection();
+
+	return more;
+}
+
+/*
+ * The worker's error recovery: an error in a pass (say, the extension was
+ * dropped under us) is logged, the transaction rolled back, and the worker
+ * goes on after a pause; published but unrecorded events are published
+ * again later.
+ */
+static void
+relay_recover_from_error(void)
+{
+	ErrorData  *edata;
+	MemoryContext ctx = CurrentMemoryContext;
+
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	FlushErrorState();
+	MemoryContextSwitchTo(ctx);
+
+	ereport(LOG,
+			(errmsg("messaging relay could not publish the outbox: %s",
+					edata->message),
+			 edata->detail ? errdetail("%s", edata->detail) : 0));
+	set_state(conn.state ? MSG_CONN_CONNECTED : MSG_CONN_DISCONNECTED,
+			  edata->message);
+	FreeErrorData(edata);
+
+	AbortCurrentTransaction();
+	SPI_finish();
+	debug_query_string = NULL;
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/* the plans may refer to dropped objects */
+	fetch_plan = outcome_plan = count_plan = NULL;
+	extension_ready = false;
+
+	/*
+	 * Events of the failed pass may already be confirmed by the broker; the
+	 * connection is recycled so that no stray confirm is matched against
+	 * the next pass.
+	 */
+	if (conn.state)
+	{
+		amqp_conn_close(&conn);
+		amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
+	}
+}
+
+static bool
+check_extension(void)
+{
+	bool		ready;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	ready = messaging_extension_ready();
+	CommitTransactionCommand();
+	return ready;
+}
+
+void
+messaging_relay_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	messaging_worker_attach(MSG_WORKER_RELAY);
+	BackgroundWorkerInitializeConnection(messaging_database, NULL, 0);
+	pgstat_report_appname("messaging relay");
+
+	ereport(LOG,
+			(errmsg("messaging relay started for database \"%s\"",
+					messaging_database)));
+
+	pass_context = AllocSetContextCreate(TopMemoryContext,
+										 "messaging relay pass",
+										 ALLOCSET_DEFAULT_SIZES);
+	memset(&conn, 0, sizeof(conn));
+	conn.fd = -1;
+
+	for (;;)
+	{
+		bool		more = false;
+		long		timeout;
+		int			rc;
+
+		CHECK_FOR_INTERRUPTS();
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (conn.state != NULL && connected_url != NULL &&
+				strcmp(connected_url, messaging_broker_url) != 0)
+			{
+				ereport(LOG,
+						(errmsg("messaging relay reconnecting because \"%s\" changed",
+								"messaging.broker_url")));
+				amqp_conn_close(&conn);
+				set_state(MSG_CONN_DISCONNECTED, NULL);
+				amqp_backoff_reset(&backoff);
+			}
+		}
+
+		PG_TRY();
+		{
+			if (!extension_ready)
+				extension_ready = check_extension();
+
+			if (extension_ready && conn.state == NULL &&
+				amqp_backoff_remaining_ms(&backoff) == 0)
+				(void) relay_connect();
+
+			if (extension_ready && conn.state != NULL && !conn.blocked)
+				more = relay_drain();
+		}
+		PG_CATCH();
+		{
+			relay_recover_from_error();
+			more = false;
+		}
+		PG_END_TRY();
+
+		if (conn.state != NULL && !amqp_conn_keepalive(&conn))
+			relay_lost_connection();
+
+		if (more)
+			continue;
+
+		if (!extension_ready)
+			timeout = messaging_poll_interval;
+		else if (conn.state == NULL)
+			timeout = Max(1, Min(amqp_backoff_remaining_ms(&backoff),
+								 (long) messaging_poll_interval));
+		else
+			timeout = amqp_conn_tick_ms(&conn, messaging_poll_interval);
+
+		rc = amqp_conn_wait(&conn, timeout);
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+
+		if ((rc & WL_SOCKET_READABLE) && conn.state != NULL &&
+			!relay_read_frames(NULL, 0))
+			relay_lost_connection();
+	}
+}
