@@ -125,6 +125,10 @@ static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr outcome_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
 static TimestampTz last_count = 0;
+static TimestampTz last_maintenance = 0;
+
+/* Interval of messaging._relay_maintenance() calls. */
+#define RELAY_MAINTENANCE_MS	10000
 
 static void
 set_state(MessagingConnState state, const char *error)
@@ -925,6 +929,38 @@ relay_recover_from_error(void)
 	}
 }
 
+/*
+ * Housekeeping that needs no caller: acknowledgement timeouts and periodic
+ * cleanup, done in SQL by messaging._relay_maintenance().
+ */
+static void
+relay_maintenance(void)
+{
+	int			rc;
+
+	if (!TimestampDifferenceExceeds(last_maintenance, GetCurrentTimestamp(),
+									RELAY_MAINTENANCE_MS))
+		return;
+	last_maintenance = GetCurrentTimestamp();
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	debug_query_string = "SELECT messaging._relay_maintenance()";
+	pgstat_report_activity(STATE_RUNNING, debug_query_string);
+	rc = SPI_execute(debug_query_string, false, 0);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "could not run messaging maintenance: %s",
+			 SPI_result_code_string(rc));
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	debug_query_string = NULL;
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
 static bool
 check_extension(void)
 {
@@ -993,6 +1029,9 @@ messaging_relay_main(Datum main_arg)
 
 			if (extension_ready && conn.state != NULL && !conn.blocked)
 				more = relay_drain();
+
+			if (extension_ready)
+				relay_maintenance();
 		}
 		PG_CATCH();
 		{
