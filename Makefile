@@ -23,8 +23,6 @@ SHLIB_LINK = -lrabbitmq -lssl -lcrypto
 # existing server).
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/[0-9]*_*.sql)))
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(srcdir)/test/regress.conf
-NO_INSTALLCHECK = 0
-TAP_TESTS = 1
 
 EXTRA_CLEAN = sql/$(EXTENSION)--$(EXTVERSION).sql tmp_check
 

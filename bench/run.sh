@@ -59,6 +59,9 @@ MQ_URL=
 
 log() { echo "bench: $*" >&2; }
 
+# shellcheck source=bench/pg.sh
+. "$BENCH_DIR/pg.sh"
+
 # ---------------------------------------------------------------------
 # Result recording
 # ---------------------------------------------------------------------
@@ -141,6 +144,7 @@ cleanup()
 {
 	local rc=$?
 
+	pg_stop
 	if [ -n "$MQ_DIR" ] && [ -n "$BROKER_SCRIPT" ]; then
 		log "stopping broker"
 		broker stop || log "broker stop failed; state left in $MQ_DIR"
@@ -210,28 +214,22 @@ bench_bare()
 # confirm of the last one, through the extension's background worker.
 bench_relay()
 {
-	log "bench_relay: not yet measured"
-	record "relay commit -> last confirm" "-" "msg/s" "not yet measured"
+	pg_start "$MQ_URL"
+	pg_bench_relay
 }
 
 # publish_event() called BENCH_COUNT times in one statement, against a
 # plain INSERT of the same rows into a table with a jsonb column.
 bench_publish_call()
 {
-	log "bench_publish_call: not yet measured"
-	record "publish_event() x$BENCH_COUNT, 1 stmt" "-" "s" \
-		"not yet measured"
-	record "plain jsonb INSERT x$BENCH_COUNT, 1 stmt" "-" "s" \
-		"not yet measured"
+	pg_bench_publish_call
 }
 
 # pgbench: one publish_event() per transaction, against single-row
 # INSERT transactions.
 bench_single_txn()
 {
-	log "bench_single_txn: not yet measured"
-	record "single-event transactions" "-" "tps" "not yet measured"
-	record "single-row INSERT transactions" "-" "tps" "not yet measured"
+	pg_bench_single_txn
 }
 
 # Cost of the outbox trigger on the application table's write path.
