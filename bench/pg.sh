@@ -104,14 +104,18 @@ SELECT round($BENCH_COUNT / extract(epoch FROM clock_timestamp() - current_setti
 SQL
 }
 
-median()
-{
-	sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
-}
-
 pg_bench_relay()
 {
-	local i rates=()
+	local i rates=() size bare
+
+	# The ceiling: the bare publisher with messages of the relay's size
+	# and flags (persistent, mandatory), on the same queue.
+	size=$(pg_psql -c "SELECT octet_length(messaging.event_envelope(
+		messaging.uuid_generate_v7(), 'user.created', 'wrapper', now(),
+		(SELECT $PG_PAYLOAD FROM (SELECT 10000 AS g) s), 'crm', 'acme')::text)")
+	BENCH_SIZE=$size BARE_FLAGS=--mandatory BARE_TAG=-relay-size \
+		bare_series "bare publisher, ${size}B, mandatory" "$BENCH_COUNT" "$BENCH_WINDOW"
+	bare=$(json_field msg_per_s < "$RESULTS_DIR/bare_w$BENCH_WINDOW-relay-size.jsonl" | median)
 
 	# a durable queue that takes every event, as the bare publisher's does
 	pg_psql -c "SELECT 1" >/dev/null
@@ -127,7 +131,7 @@ pg_bench_relay()
 	done
 	RELAY_RATE=$(printf '%s\n' "${rates[@]}" | median)
 	record "relay commit -> last confirm" "$RELAY_RATE" "msg/s" \
-		"median of $BENCH_RUNS, $BENCH_COUNT events, directed, 1 queue bound"
+		"$(awk -v a="$RELAY_RATE" -v b="$bare" 'BEGIN { printf "%.2fx the bare publisher at the same size", a / b }')"
 }
 
 pg_time_ms()

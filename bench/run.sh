@@ -167,19 +167,19 @@ bare_once()
 	timeout "$RUN_TIMEOUT" "$BENCH_DIR/bare_publisher" \
 		--url "$MQ_URL" --exchange "$EXCHANGE" \
 		--routing-key "$ROUTING_KEY" --count "$1" \
-		--size "$BENCH_SIZE" --window "$2"
+		--size "$BENCH_SIZE" --window "$2" ${BARE_FLAGS:-}
 }
 
 # bare_series LABEL COUNT WINDOW: BENCH_RUNS runs, median recorded.
 bare_series()
 {
 	local label=$1 count=$2 window=$3
-	local out="$RESULTS_DIR/bare_w$window.jsonl"
+	local out="$RESULTS_DIR/bare_w$window${BARE_TAG:-}.jsonl"
 	local i line rate
 
 	for ((i = 1; i <= BENCH_WARMUP; i++)); do
 		line=$(bare_once "$count" "$window")
-		echo "$line" >> "$RESULTS_DIR/bare_w$window.warmup.jsonl"
+		echo "$line" >> "$RESULTS_DIR/bare_w$window${BARE_TAG:-}.warmup.jsonl"
 		log "$label warm-up: $(echo "$line" | json_field msg_per_s) msg/s"
 	done
 	for ((i = 1; i <= BENCH_RUNS; i++)); do

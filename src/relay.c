@@ -14,7 +14,7 @@
  *	   on, so that publishing never waits for one confirm at a time.
  *	2. Read the next rows (id greater than the last one read) the same
  *	   way, until the outbox yields nothing more or the pass has handled
- *	   twenty batches; rows that commit later with a smaller id are picked
+ *	   forty batches; rows that commit later with a smaller id are picked
  *	   up by the next pass, which starts again from the smallest id.
  *	3. Wait for the remaining confirms, then record the outcome of each
  *	   event in one call of messaging._relay_outcome(): acked rows are
@@ -72,7 +72,7 @@
 #include "shmem.h"
 
 /* A pass handles at most this many batches before it commits. */
-#define RELAY_BATCHES_PER_PASS	20
+#define RELAY_BATCHES_PER_PASS	40
 
 /* Slice of a blocking wait, so that interrupts are seen promptly. */
 #define RELAY_WAIT_SLICE_MS		100
@@ -111,6 +111,7 @@ typedef struct RelayPass
 	uint64		first_tag;		/* delivery tag of events[0] */
 	int			unconfirmed;	/* events still RELAY_INFLIGHT */
 	int			low;			/* no event below this one is in flight */
+	int			recorded;		/* events below this one are recorded */
 	bool		broken;			/* connection lost during the pass */
 } RelayPass;
 
@@ -630,11 +631,13 @@ text_or_null(const char *s, bool *isnull)
 }
 
 /*
- * Hands the settled events of the pass to messaging._relay_outcome().
- * Returns how many events left the outbox for good.
+ * Hands the settled events pass->recorded .. upto-1 to
+ * messaging._relay_outcome(), in the pass's transaction, and adds what
+ * left the outbox to *published and *failed.  Called while later messages
+ * are still in flight, so that this work overlaps the broker's.
  */
-static int
-record_outcomes(RelayPass *pass, int *published, int *failed)
+static void
+record_outcomes(RelayPass *pass, int upto, int *published, int *failed)
 {
 	int			n = 0;
 	int			i;
@@ -646,15 +649,25 @@ record_outcomes(RelayPass *pass, int *published, int *failed)
 	TIMESTAMPTZOID};
 	int			c;
 	int			rc;
+	int			count = upto - pass->recorded;
+	MemoryContext old;
+	MemoryContext scratch;
 
-	*published = *failed = 0;
+	if (count <= 0)
+		return;
+
+	scratch = AllocSetContextCreate(CurrentMemoryContext,
+									"messaging relay outcomes",
+									ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(scratch);
+
 	for (c = 0; c < 12; c++)
 	{
-		cols[c] = palloc(sizeof(Datum) * Max(pass->nevents, 1));
-		nulls[c] = palloc0(sizeof(bool) * Max(pass->nevents, 1));
+		cols[c] = palloc(sizeof(Datum) * count);
+		nulls[c] = palloc0(sizeof(bool) * count);
 	}
 
-	for (i = 0; i < pass->nevents; i++)
+	for (i = pass->recorded; i < upto; i++)
 	{
 		RelayEvent *ev = &pass->events[i];
 		const char *outcome;
@@ -674,8 +687,9 @@ record_outcomes(RelayPass *pass, int *published, int *failed)
 				{
 					outcome = "nacked";
 					(*failed)++;
-					ev->error = psprintf("broker rejected the message %d times",
-										 ev->attempts + 1);
+					ev->error = MemoryContextStrdup(pass_context,
+													psprintf("broker rejected the message %d times",
+															 ev->attempts + 1));
 				}
 				else
 				{
@@ -701,19 +715,22 @@ record_outcomes(RelayPass *pass, int *published, int *failed)
 		cols[11][n] = TimestampTzGetDatum(ev->created_at);
 		n++;
 	}
+	pass->recorded = upto;
 
-	if (n == 0)
-		return 0;
+	if (n > 0)
+	{
+		for (c = 0; c < 12; c++)
+			args[c] = build_array(cols[c], nulls[c], n, elemtypes[c]);
 
-	for (c = 0; c < 12; c++)
-		args[c] = build_array(cols[c], nulls[c], n, elemtypes[c]);
+		rc = SPI_execute_plan(outcome_plan, args, NULL, false, 0);
+		if (rc != SPI_OK_SELECT)
+			elog(ERROR, "could not record publish outcomes: %s",
+				 SPI_result_code_string(rc));
+		SPI_freetuptable(SPI_tuptable);
+	}
 
-	rc = SPI_execute_plan(outcome_plan, args, NULL, false, 0);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "could not record publish outcomes: %s",
-			 SPI_result_code_string(rc));
-
-	return *published + *failed;
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(scratch);
 }
 
 /* Puts the settled events of a committed pass into the recent record. */
@@ -774,6 +791,9 @@ relay_drain(void)
 	TimestampTz t_published;
 	TimestampTz t_confirmed;
 	TimestampTz t_recorded;
+	TimestampTz tf0;
+	int64		t_fetch = 0;
+	int64		t_window = 0;
 
 	MemoryContextReset(pass_context);
 	memset(&pass, 0, sizeof(pass));
@@ -799,31 +819,45 @@ relay_drain(void)
 		int			rc;
 		uint64		nrows;
 		uint64		i;
+		SPITupleTable *rows;
 
 		args[0] = UUIDPGetDatum(&after);
 		args[1] = Int32GetDatum(messaging_publish_batch_size);
+		tf0 = GetCurrentTimestamp();
 		rc = SPI_execute_plan(fetch_plan, args, NULL, false, 0);
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "could not read outbox: %s", SPI_result_code_string(rc));
+		t_fetch += GetCurrentTimestamp() - tf0;
 
 		nrows = SPI_processed;
+		rows = SPI_tuptable;
 		batches++;
 		for (i = 0; i < nrows; i++)
 		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
+			HeapTuple	tup = rows->vals[i];
 
 			CHECK_FOR_INTERRUPTS();
 
 			/* Keep the window: read confirms while it is full. */
+			/*
+			 * With the window full, first record what is settled: the broker
+			 * has a window's worth of work meanwhile.
+			 */
+			if (pass.unconfirmed >= messaging_publish_window &&
+				pass.low - pass.recorded >= messaging_publish_batch_size)
+				record_outcomes(&pass, pass.low, &published, &failed);
+
+			tf0 = GetCurrentTimestamp();
 			if (pass.unconfirmed >= messaging_publish_window &&
 				!relay_wait_confirms(&pass, messaging_publish_window - 1))
 			{
 				pass.broken = true;
 				break;
 			}
+			t_window += GetCurrentTimestamp() - tf0;
 			if (conn.blocked)
 				break;
-			if (!publish_row(&pass, tup, SPI_tuptable->tupdesc, &body, &key))
+			if (!publish_row(&pass, tup, rows->tupdesc, &body, &key))
 			{
 				pass.broken = true;
 				break;
@@ -837,7 +871,7 @@ relay_drain(void)
 		}
 		if (nrows > 0)
 			memcpy(&after, &pass.events[pass.nevents - 1].id, sizeof(pg_uuid_t));
-		SPI_freetuptable(SPI_tuptable);
+		SPI_freetuptable(rows);
 
 		if (nrows < (uint64) messaging_publish_batch_size || conn.blocked)
 			break;
@@ -850,8 +884,8 @@ relay_drain(void)
 		pass.broken = true;
 	t_confirmed = GetCurrentTimestamp();
 
-	if (pass.nevents > 0)
-		(void) record_outcomes(&pass, &published, &failed);
+	/* events still in flight after a broken connection stay in the outbox */
+	record_outcomes(&pass, pass.nevents, &published, &failed);
 	t_recorded = GetCurrentTimestamp();
 
 	/* Refresh the backlog figure now and then. */
@@ -895,9 +929,10 @@ relay_drain(void)
 
 	if (pass.nevents > 0)
 		elog(DEBUG1, "messaging relay published %d events, %d failed, %d unsettled"
-			 " (publish %ld us, confirm %ld us, record %ld us, commit %ld us)",
+			 " (publish %ld us [fetch %ld, window %ld], confirm %ld us, record %ld us, commit %ld us)",
 			 published, failed, pass.unconfirmed,
-			 (long) (t_published - t_start), (long) (t_confirmed - t_published),
+			 (long) (t_published - t_start), (long) t_fetch, (long) t_window,
+			 (long) (t_confirmed - t_published),
 			 (long) (t_recorded - t_confirmed),
 			 (long) (GetCurrentTimestamp() - t_recorded));
 
