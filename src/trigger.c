@@ -1,0 +1,1460 @@
+/*-------------------------------------------------------------------------
+ *
+ * trigger.c
+ *	  Row-change events: the trigger function messaging.emit_event().
+ *
+ * One trigger function serves two forms:
+ *
+ *	- FOR EACH ROW: each changed row becomes one event, written with the
+ *	  direct outbox insert (outbox.c);
+ *	- FOR EACH STATEMENT with transition tables: the rows of the statement
+ *	  become events in one set-based INSERT ... SELECT into messaging.outbox,
+ *	  run through SPI with a plan kept per trigger.  For UPDATE, old and new
+ *	  rows are paired by primary key.
+ *
+ * A TRUNCATE statement trigger emits one "<entity>.truncated" event.
+ *
+ * Trigger arguments:
+ *
+ *	entity			required; the events are <entity>.created, .updated,
+ *					.deleted and .truncated
+ *	target_app		optional; empty means broadcast
+ *	tenant_column	optional; empty means no tenant
+ *	options			any number of "exclude=col,col" (columns left out of
+ *					the payload) and "watch=col,col" (an update is an event
+ *					only if one of these columns changed)
+ *
+ * The payload ("data" of the envelope) is to_jsonb() of the row, minus the
+ * excluded columns: the new row for an insert, the old row for a delete,
+ * and for an update {"new": <new row>, "old": <old values of the changed
+ * columns>, "changed": [<changed column names, in column order>]}.  A column
+ * has changed when its JSON value differs (jsonb equality), so both forms
+ * agree; an update that changes no column emits nothing.  Both forms render
+ * rows with the server's own to_jsonb(), the row form by calling it on a
+ * record made of the kept columns.
+ *
+ * The parsed arguments of each trigger are cached in a backend-local hash
+ * keyed by trigger OID.  A relcache invalidation of the trigger's table
+ * (ALTER TABLE, CREATE OR REPLACE TRIGGER, DROP TRIGGER) marks its entries
+ * stale; a stale entry is parsed again at its next firing, and the memory
+ * of the old one is released at the end of the transaction, since the
+ * invalidation may arrive while a firing still uses it.  Bad arguments are
+ * therefore reported at the first firing after every change, naming the
+ * trigger and the argument; messaging.create_event_trigger() runs the same
+ * checks before creating anything, then creates the triggers with the
+ * caller's rights.
+ *
+ * The statement form runs its SQL as the owner of messaging.outbox, with
+ * search_path pinned to pg_catalog, as the row form's direct insert needs no
+ * privilege on the outbox either.  The SQL names every object and operator
+ * it uses by schema, so nothing from the writer's search path is called.
+ *
+ * messaging.suppress_trigger_events() lets a session (typically an event
+ * handler applying changes that came from another application) switch the
+ * triggers off until the end of its transaction.
+ *
+ * Copyright (c) 2026, the messaging authors
+ *
+ * IDENTIFICATION
+ *	  src/trigger.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/stratnum.h"
+#include "access/tupdesc.h"
+#include "access/xact.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_trigger.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "messaging.h"
+#include "outbox.h"
+#include "shmem.h"
+#include "uuid7.h"
+#include "validate.h"
+
+PG_FUNCTION_INFO_V1(messaging_emit_event);
+PG_FUNCTION_INFO_V1(messaging_event_tenant_id);
+PG_FUNCTION_INFO_V1(messaging_event_payload);
+PG_FUNCTION_INFO_V1(messaging_suppress_trigger_events);
+PG_FUNCTION_INFO_V1(messaging_create_event_trigger);
+PG_FUNCTION_INFO_V1(messaging_drop_event_trigger);
+
+/*
+ * The triggers create_event_trigger() makes: one per event in the
+ * statement form (transition tables allow one event per trigger), one for
+ * all three in the row form, and the TRUNCATE trigger in both.
+ */
+#define TRG_NAME_INSERT		"messaging_events_insert"
+#define TRG_NAME_UPDATE		"messaging_events_update"
+#define TRG_NAME_DELETE		"messaging_events_delete"
+#define TRG_NAME_ROW		"messaging_events_row"
+#define TRG_NAME_TRUNCATE	"messaging_events_truncate"
+
+/* Longest suffix appended to the entity: ".truncated". */
+#define TRG_LONGEST_SUFFIX	10
+
+/* The statement forms that run SQL, as indexes into plans[]. */
+typedef enum TrgOp
+{
+	TRG_OP_INSERT = 0,
+	TRG_OP_UPDATE,
+	TRG_OP_DELETE,
+	TRG_NUM_OPS
+} TrgOp;
+
+/*
+ * What one trigger's arguments say, resolved against its table.  Lives in
+ * its own memory context under CacheMemoryContext.
+ */
+typedef struct TrgArgs
+{
+	MemoryContext cxt;
+	Oid			tgoid;
+	Oid			relid;
+	char	   *trigger_name;
+	char	   *table_name;		/* for messages */
+	char	   *type_created;
+	char	   *type_updated;
+	char	   *type_deleted;
+	char	   *type_truncated;
+	char	   *target_app;		/* NULL: broadcast */
+	AttrNumber	tenant_attnum;	/* InvalidAttrNumber: no tenant */
+	char	   *tenant_column;
+	FmgrInfo	tenant_out;		/* output function of the tenant column */
+
+	/* The columns rendered into payloads: not dropped, not excluded. */
+	int			nkept;
+	AttrNumber *kept_attnums;
+	char	  **kept_names;
+	bool	   *kept_watched;
+	int			nwatched;
+	int			nexcluded;
+	char	  **excluded_names;
+	TupleDesc	kept_desc;		/* blessed record type of those columns */
+	FmgrInfo	to_jsonb;		/* to_jsonb(record) */
+
+	/* Statement form only: plans, built at first use. */
+	SPIPlanPtr	plans[TRG_NUM_OPS];
+} TrgArgs;
+
+typedef struct TrgCacheEntry
+{
+	Oid			tgoid;			/* hash key */
+	bool		valid;
+	TrgArgs    *args;
+} TrgCacheEntry;
+
+static HTAB *trg_cache = NULL;
+static List *trg_retired = NIL;	/* TrgArgs to free at transaction end */
+static bool trg_suppressed = false;
+
+/* ----------------------------------------------------------------
+ * Cache maintenance
+ * ----------------------------------------------------------------
+ */
+
+static void
+trg_free_args(TrgArgs *args)
+{
+	int			i;
+
+	for (i = 0; i < TRG_NUM_OPS; i++)
+		if (args->plans[i] != NULL)
+			SPI_freeplan(args->plans[i]);
+	MemoryContextDelete(args->cxt);
+}
+
+static void
+trg_relcache_callback(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	TrgCacheEntry *entry;
+
+	hash_seq_init(&status, trg_cache);
+	while ((entry = hash_seq_search(&status)) != NULL)
+	{
+		if (!OidIsValid(relid) ||
+			(entry->args != NULL && entry->args->relid == relid))
+			entry->valid = false;
+	}
+}
+
+static void
+trg_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			trg_suppressed = false;
+			foreach(lc, trg_retired)
+				trg_free_args((TrgArgs *) lfirst(lc));
+			list_free(trg_retired);
+			trg_retired = NIL;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+trg_cache_init(void)
+{
+	HASHCTL		ctl;
+
+	if (trg_cache != NULL)
+		return;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(TrgCacheEntry);
+	ctl.hcxt = CacheMemoryContext;
+	trg_cache = hash_create("messaging event triggers", 64, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	CacheRegisterRelcacheCallback(trg_relcache_callback, (Datum) 0);
+	RegisterXactCallback(trg_xact_callback, NULL);
+}
+
+/* ----------------------------------------------------------------
+ * Argument parsing
+ * ----------------------------------------------------------------
+ */
+
+/* Column number of a live column called name, or InvalidAttrNumber. */
+static AttrNumber
+trg_find_column(TupleDesc desc, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->attnum;
+	}
+	return InvalidAttrNumber;
+}
+
+/*
+ * Marks the columns listed in an option's value ("a, b,c") in flags,
+ * indexed by column number - 1; returns how many were listed.
+ */
+static int
+trg_parse_column_list(const char *option, const char *list, TupleDesc desc,
+					  bool *flags, const char *tgname, const char *relname)
+{
+	char	   *copy = pstrdup(list);
+	char	   *p = copy;
+	int			n = 0;
+
+	for (;;)
+	{
+		char	   *comma = strchr(p, ',');
+		char	   *end;
+		AttrNumber	attnum;
+
+		if (comma)
+			*comma = '\0';
+		while (*p == ' ')
+			p++;
+		end = p + strlen(p);
+		while (end > p && end[-1] == ' ')
+			*--end = '\0';
+
+		if (*p == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("empty column name in option \"%s\" of trigger \"%s\" on table \"%s\"",
+							option, tgname, relname),
+					 errhint("List column names separated by commas, for example \"%s=password_hash,token\".",
+							 option)));
+
+		attnum = trg_find_column(desc, p);
+		if (attnum == InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("column \"%s\" named in option \"%s\" of trigger \"%s\" does not exist in table \"%s\"",
+							p, option, tgname, relname)));
+		if (flags[attnum - 1])
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_COLUMN),
+					 errmsg("column \"%s\" is listed twice in option \"%s\" of trigger \"%s\" on table \"%s\"",
+							p, option, tgname, relname)));
+		flags[attnum - 1] = true;
+		n++;
+
+		if (comma == NULL)
+			break;
+		p = comma + 1;
+	}
+	pfree(copy);
+	return n;
+}
+
+/*
+ * Parses a trigger's arguments against its table.  Raises an ERROR naming
+ * the trigger and the argument for anything wrong; otherwise returns the
+ * result in a new memory context under parent.  need_pkey: the caller is
+ * a statement-level UPDATE trigger, which pairs rows by primary key.
+ */
+static TrgArgs *
+trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
+			   int nargs, char **targs, bool need_pkey, MemoryContext parent)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	const char *relname = RelationGetRelationName(rel);
+	MemoryContext cxt;
+	MemoryContext old;
+	TrgArgs    *a;
+	bool	   *excluded;
+	bool	   *watched;
+	const char *entity;
+	char	   *probe;
+	int			i;
+	int			k;
+	bool		seen_exclude = false;
+	bool		seen_watch = false;
+
+	/* entity */
+	if (nargs < 1 || targs[0][0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("trigger \"%s\" on table \"%s\" has no entity name",
+						tgname, relname),
+				 errhint("Pass the entity as the first argument, as in EXECUTE FUNCTION messaging.emit_event('account').")));
+	entity = targs[0];
+	probe = psprintf("%s.created", entity);
+	if (strlen(entity) + TRG_LONGEST_SUFFIX > MESSAGING_MAX_EVENT_TYPE)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("entity name of trigger \"%s\" on table \"%s\" is too long",
+						tgname, relname),
+				 errdetail("An entity name has at most %d bytes.",
+						   MESSAGING_MAX_EVENT_TYPE - TRG_LONGEST_SUFFIX)));
+	if (!messaging_is_event_type(probe))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid entity name \"%s\" in trigger \"%s\" on table \"%s\"",
+						entity, tgname, relname),
+				 errdetail("An entity name is one or more dot-separated words of lower-case letters, digits and underscores, each starting with a letter."),
+				 errhint("For example \"account\" or \"billing.invoice\".")));
+
+	/* target application */
+	if (nargs >= 2 && targs[1][0] != '\0')
+	{
+		const char *problem = messaging_app_name_problem(targs[1]);
+
+		if (problem != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid target application \"%s\" in trigger \"%s\" on table \"%s\"",
+							targs[1], tgname, relname),
+					 errdetail("%s", problem),
+					 errhint("Leave the argument empty to broadcast the events.")));
+	}
+
+	cxt = AllocSetContextCreate(parent, "messaging event trigger",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+
+	a = palloc0(sizeof(TrgArgs));
+	a->cxt = cxt;
+	a->tgoid = tgoid;
+	a->relid = RelationGetRelid(rel);
+	a->trigger_name = pstrdup(tgname);
+	a->table_name = pstrdup(relname);
+	a->type_created = psprintf("%s.created", entity);
+	a->type_updated = psprintf("%s.updated", entity);
+	a->type_deleted = psprintf("%s.deleted", entity);
+	a->type_truncated = psprintf("%s.truncated", entity);
+	a->target_app = (nargs >= 2 && targs[1][0] != '\0') ?
+		pstrdup(targs[1]) : NULL;
+
+	/* tenant column */
+	if (nargs >= 3 && targs[2][0] != '\0')
+	{
+		Oid			typoutput;
+		bool		isvarlena;
+
+		a->tenant_column = pstrdup(targs[2]);
+		a->tenant_attnum = trg_find_column(desc, targs[2]);
+		if (a->tenant_attnum == InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("tenant column \"%s\" of trigger \"%s\" does not exist in table \"%s\"",
+							targs[2], tgname, relname),
+					 errhint("The third argument names the column holding the tenant id; leave it empty for events without a tenant.")));
+		getTypeOutputInfo(TupleDescAttr(desc, a->tenant_attnum - 1)->atttypid,
+						  &typoutput, &isvarlena);
+		fmgr_info_cxt(typoutput, &a->tenant_out, cxt);
+	}
+
+	/* options */
+	excluded = palloc0(sizeof(bool) * Max(desc->natts, 1));
+	watched = palloc0(sizeof(bool) * Max(desc->natts, 1));
+	for (i = 3; i < nargs; i++)
+	{
+		const char *eq = strchr(targs[i], '=');
+		char	   *key;
+
+		if (eq == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid option \"%s\" in trigger \"%s\" on table \"%s\"",
+							targs[i], tgname, relname),
+					 errhint("Options are \"exclude=<columns>\" and \"watch=<columns>\", with column names separated by commas.")));
+		key = pnstrdup(targs[i], eq - targs[i]);
+		if (strcmp(key, "exclude") == 0)
+		{
+			if (seen_exclude)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("option \"exclude\" is given twice in trigger \"%s\" on table \"%s\"",
+								tgname, relname),
+						 errhint("List all excluded columns in one option.")));
+			seen_exclude = true;
+			a->nexcluded = trg_parse_column_list("exclude", eq + 1, desc,
+												 excluded, tgname, relname);
+		}
+		else if (strcmp(key, "watch") == 0)
+		{
+			if (seen_watch)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("option \"watch\" is given twice in trigger \"%s\" on table \"%s\"",
+								tgname, relname),
+						 errhint("List all watched columns in one option.")));
+			seen_watch = true;
+			a->nwatched = trg_parse_column_list("watch", eq + 1, desc,
+												watched, tgname, relname);
+		}
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unrecognized option \"%s\" in trigger \"%s\" on table \"%s\"",
+							key, tgname, relname),
+					 errhint("Options are \"exclude=<columns>\" and \"watch=<columns>\", with column names separated by commas.")));
+	}
+
+	/* the kept columns */
+	a->kept_attnums = palloc(sizeof(AttrNumber) * Max(desc->natts, 1));
+	a->kept_names = palloc(sizeof(char *) * Max(desc->natts, 1));
+	a->kept_watched = palloc(sizeof(bool) * Max(desc->natts, 1));
+	a->excluded_names = palloc(sizeof(char *) * Max(desc->natts, 1));
+	for (i = 0, k = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped)
+			continue;
+		if (excluded[i])
+		{
+			if (watched[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("column \"%s\" is both excluded and watched in trigger \"%s\" on table \"%s\"",
+								NameStr(att->attname), tgname, relname),
+						 errdetail("Excluded columns never appear in events, so their changes cannot be watched.")));
+			continue;
+		}
+		a->kept_attnums[k] = att->attnum;
+		a->kept_names[k] = pstrdup(NameStr(att->attname));
+		a->kept_watched[k] = watched[i];
+		k++;
+	}
+	a->nkept = k;
+	for (i = 0, k = 0; i < desc->natts; i++)
+		if (excluded[i])
+			a->excluded_names[k++] = pstrdup(NameStr(TupleDescAttr(desc, i)->attname));
+
+	a->kept_desc = CreateTemplateTupleDesc(a->nkept);
+	for (i = 0; i < a->nkept; i++)
+		TupleDescCopyEntry(a->kept_desc, i + 1, desc, a->kept_attnums[i]);
+	BlessTupleDesc(a->kept_desc);
+
+	fmgr_info_cxt(F_TO_JSONB, &a->to_jsonb, cxt);
+	a->to_jsonb.fn_expr = (Node *)
+		makeFuncExpr(F_TO_JSONB, JSONBOID,
+					 list_make1(makeNullConst(RECORDOID, -1, InvalidOid)),
+					 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+
+	if (need_pkey)
+	{
+		List	   *indexes = RelationGetIndexList(rel);
+
+		list_free(indexes);
+		if (!OidIsValid(rel->rd_pkindex))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table \"%s\" has no primary key, which statement-level trigger \"%s\" needs",
+							relname, tgname),
+					 errdetail("A statement-level UPDATE trigger pairs the old and new rows by primary key."),
+					 errhint("Add a primary key, or use a row-level trigger (FOR EACH ROW).")));
+	}
+
+	MemoryContextSwitchTo(old);
+	return a;
+}
+
+/* The cached arguments of the trigger being fired, parsed if need be. */
+static TrgArgs *
+trg_lookup(TriggerData *td, bool need_pkey)
+{
+	Trigger    *tg = td->tg_trigger;
+	TrgCacheEntry *entry;
+	bool		found;
+
+	trg_cache_init();
+	entry = hash_search(trg_cache, &tg->tgoid, HASH_ENTER, &found);
+	if (!found)
+	{
+		entry->valid = false;
+		entry->args = NULL;
+	}
+	if (entry->valid)
+		return entry->args;
+
+	if (entry->args != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		trg_retired = lappend(trg_retired, entry->args);
+		MemoryContextSwitchTo(old);
+		entry->args = NULL;
+	}
+	entry->args = trg_parse_args(td->tg_relation, tg->tgoid, tg->tgname,
+								 tg->tgnargs, tg->tgargs, need_pkey,
+								 CacheMemoryContext);
+	entry->valid = true;
+	return entry->args;
+}
+
+/* ----------------------------------------------------------------
+ * Rendering
+ * ----------------------------------------------------------------
+ */
+
+static void
+trg_error_callback(void *arg)
+{
+	TrgArgs    *a = (TrgArgs *) arg;
+
+	errcontext("row-change events of trigger \"%s\" on table \"%s\"",
+			   a->trigger_name, a->table_name);
+}
+
+/* to_jsonb() of the kept columns of the row in slot. */
+static Jsonb *
+trg_row_jsonb(TrgArgs *a, TupleTableSlot *slot)
+{
+	Datum	   *values = palloc(sizeof(Datum) * Max(a->nkept, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(a->nkept, 1));
+	HeapTuple	tuple;
+	int			i;
+
+	slot_getallattrs(slot);
+	for (i = 0; i < a->nkept; i++)
+	{
+		values[i] = slot->tts_values[a->kept_attnums[i] - 1];
+		nulls[i] = slot->tts_isnull[a->kept_attnums[i] - 1];
+	}
+	tuple = heap_form_tuple(a->kept_desc, values, nulls);
+	return DatumGetJsonbP(FunctionCall1(&a->to_jsonb,
+										HeapTupleGetDatum(tuple)));
+}
+
+/* Tenant id text of a value of the given type, checked. */
+static char *
+trg_tenant_text(FmgrInfo *out, Datum value)
+{
+	char	   *s = OutputFunctionCall(out, value);
+
+	messaging_check_tenant_id(s, "tenant_id");
+	return s;
+}
+
+static char *
+trg_row_tenant(TrgArgs *a, TupleTableSlot *slot)
+{
+	bool		isnull;
+	Datum		value;
+
+	if (a->tenant_attnum == InvalidAttrNumber)
+		return NULL;
+	value = slot_getattr(slot, a->tenant_attnum, &isnull);
+	if (isnull)
+		return NULL;
+	return trg_tenant_text(&a->tenant_out, value);
+}
+
+/*
+ * Whether two values taken from jsonb containers are equal as jsonb's "="
+ * operator sees it.
+ */
+static bool
+trg_jsonb_values_equal(JsonbValue *x, JsonbValue *y)
+{
+	if (x->type != y->type)
+		return false;
+	switch (x->type)
+	{
+		case jbvNull:
+			return true;
+		case jbvBool:
+			return x->val.boolean == y->val.boolean;
+		case jbvString:
+			return x->val.string.len == y->val.string.len &&
+				memcmp(x->val.string.val, y->val.string.val,
+					   x->val.string.len) == 0;
+		case jbvNumeric:
+			return DatumGetBool(DirectFunctionCall2(numeric_eq,
+													NumericGetDatum(x->val.numeric),
+													NumericGetDatum(y->val.numeric)));
+		case jbvBinary:
+			return compareJsonbContainers(x->val.binary.data,
+										  y->val.binary.data) == 0;
+		default:
+			elog(ERROR, "unexpected jsonb value type %d", (int) x->type);
+	}
+	return false;
+}
+
+static void
+trg_push_key(JsonbParseState **st, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	pushJsonbValue(st, WJB_KEY, &k);
+}
+
+/*
+ * The payload of a row update, or NULL when the update is no event: no
+ * kept column changed, or no watched one.
+ */
+static Jsonb *
+trg_update_payload(TrgArgs *a, TupleTableSlot *oldslot,
+				   TupleTableSlot *newslot)
+{
+	bool	   *maybe = palloc(sizeof(bool) * Max(a->nkept, 1));
+	bool	   *changed = palloc(sizeof(bool) * Max(a->nkept, 1));
+	bool		any = false;
+	bool		watched = false;
+	Jsonb	   *jn;
+	Jsonb	   *jo;
+	JsonbParseState *st = NULL;
+	JsonbValue	v;
+	JsonbValue *res;
+	int			i;
+
+	slot_getallattrs(oldslot);
+	slot_getallattrs(newslot);
+
+	/* Identical bytes render identically: only the others need a look. */
+	for (i = 0; i < a->nkept; i++)
+	{
+		int			att = a->kept_attnums[i] - 1;
+		Form_pg_attribute fa = TupleDescAttr(a->kept_desc, i);
+		bool		on = oldslot->tts_isnull[att];
+		bool		nn = newslot->tts_isnull[att];
+
+		if (on && nn)
+			maybe[i] = false;
+		else if (on != nn)
+			maybe[i] = true;
+		else
+			maybe[i] = !datum_image_eq(oldslot->tts_values[att],
+									   newslot->tts_values[att],
+									   fa->attbyval, fa->attlen);
+		any |= maybe[i];
+	}
+	if (!any)
+		return NULL;
+
+	jn = trg_row_jsonb(a, newslot);
+	jo = trg_row_jsonb(a, oldslot);
+
+	any = false;
+	for (i = 0; i < a->nkept; i++)
+	{
+		JsonbValue	vn;
+		JsonbValue	vo;
+		const char *name = a->kept_names[i];
+
+		changed[i] = false;
+		if (!maybe[i])
+			continue;
+		if (getKeyJsonValueFromContainer(&jn->root, name, strlen(name), &vn) == NULL ||
+			getKeyJsonValueFromContainer(&jo->root, name, strlen(name), &vo) == NULL)
+			elog(ERROR, "column \"%s\" missing from rendered row", name);
+		changed[i] = !trg_jsonb_values_equal(&vn, &vo);
+		any |= changed[i];
+		watched |= changed[i] && a->kept_watched[i];
+	}
+	if (!any || (a->nwatched > 0 && !watched))
+		return NULL;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+
+	trg_push_key(&st, "new");
+	v.type = jbvBinary;
+	v.val.binary.data = &jn->root;
+	v.val.binary.len = VARSIZE(jn) - VARHDRSZ;
+	pushJsonbValue(&st, WJB_VALUE, &v);
+
+	trg_push_key(&st, "old");
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < a->nkept; i++)
+	{
+		const char *name = a->kept_names[i];
+
+		if (!changed[i])
+			continue;
+		trg_push_key(&st, name);
+		(void) getKeyJsonValueFromContainer(&jo->root, name, strlen(name), &v);
+		pushJsonbValue(&st, WJB_VALUE, &v);
+	}
+	pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+
+	trg_push_key(&st, "changed");
+	pushJsonbValue(&st, WJB_BEGIN_ARRAY, NULL);
+	for (i = 0; i < a->nkept; i++)
+	{
+		if (!changed[i])
+			continue;
+		v.type = jbvString;
+		v.val.string.val = a->kept_names[i];
+		v.val.string.len = strlen(a->kept_names[i]);
+		pushJsonbValue(&st, WJB_ELEM, &v);
+	}
+	pushJsonbValue(&st, WJB_END_ARRAY, NULL);
+
+	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(res);
+}
+
+/* Writes one event with the direct outbox insert. */
+static void
+trg_write_event(TrgArgs *a, const char *event_type, Jsonb *payload,
+				const char *tenant)
+{
+	OutboxEvent ev;
+
+	ev.event_type = event_type;
+	ev.payload = JsonbPGetDatum(payload);
+	messaging_check_payload_size(ev.payload, "payload");
+	ev.target_app = a->target_app;
+	ev.tenant_id = tenant;
+	ev.source_app = messaging_app_name;
+	ev.correlation_id = NULL;
+	ev.created_at = GetCurrentTimestamp();
+	messaging_uuid7_generate(ev.created_at, &ev.id);
+	messaging_outbox_insert(&ev);
+}
+
+static void
+trg_fire_row(TriggerData *td, TrgArgs *a)
+{
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		trg_write_event(a, a->type_created, trg_row_jsonb(a, td->tg_trigslot),
+						trg_row_tenant(a, td->tg_trigslot));
+	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
+		trg_write_event(a, a->type_deleted, trg_row_jsonb(a, td->tg_trigslot),
+						trg_row_tenant(a, td->tg_trigslot));
+	else if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+	{
+		Jsonb	   *payload = trg_update_payload(a, td->tg_trigslot,
+												 td->tg_newslot);
+
+		if (payload != NULL)
+			trg_write_event(a, a->type_updated, payload,
+							trg_row_tenant(a, td->tg_newslot));
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Statement form
+ * ----------------------------------------------------------------
+ */
+
+/* Appends '{"a","b"}'::pg_catalog.text[] */
+static void
+trg_append_name_array(StringInfo buf, char **names, int n)
+{
+	StringInfoData lit;
+	int			i;
+
+	initStringInfo(&lit);
+	appendStringInfoChar(&lit, '{');
+	for (i = 0; i < n; i++)
+	{
+		const char *p;
+
+		if (i > 0)
+			appendStringInfoChar(&lit, ',');
+		appendStringInfoChar(&lit, '"');
+		for (p = names[i]; *p; p++)
+		{
+			if (*p == '"' || *p == '\\')
+				appendStringInfoChar(&lit, '\\');
+			appendStringInfoChar(&lit, *p);
+		}
+		appendStringInfoChar(&lit, '"');
+	}
+	appendStringInfoChar(&lit, '}');
+	appendStringInfo(buf, "%s::pg_catalog.text[]", quote_literal_cstr(lit.data));
+	pfree(lit.data);
+}
+
+/* Appends the kept-columns jsonb of the row variable alias. */
+static void
+trg_append_row_expr(StringInfo buf, TrgArgs *a, const char *alias)
+{
+	if (a->nexcluded == 0)
+		appendStringInfo(buf, "pg_catalog.to_jsonb(%s)", alias);
+	else
+	{
+		appendStringInfo(buf, "(pg_catalog.to_jsonb(%s) OPERATOR(pg_catalog.-) ",
+						 alias);
+		trg_append_name_array(buf, a->excluded_names, a->nexcluded);
+		appendStringInfoChar(buf, ')');
+	}
+}
+
+static void
+trg_append_tenant_expr(StringInfo buf, TrgArgs *a, const char *alias)
+{
+	if (a->tenant_attnum == InvalidAttrNumber)
+		appendStringInfoString(buf, "NULL::pg_catalog.text");
+	else
+		appendStringInfo(buf, "messaging._event_tenant_id(%s.%s)", alias,
+						 quote_identifier(a->tenant_column));
+}
+
+/* Appends schema.name of an operator, for OPERATOR(). */
+static void
+trg_append_operator_name(StringInfo buf, Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Form_pg_operator op;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opno);
+	op = (Form_pg_operator) GETSTRUCT(tup);
+	appendStringInfo(buf, "%s.%s",
+					 quote_identifier(get_namespace_name(op->oprnamespace)),
+					 NameStr(op->oprname));
+	ReleaseSysCache(tup);
+}
+
+#define TRG_INSERT_HEAD \
+	"INSERT INTO messaging.outbox (id, event_type, payload, target_app, " \
+	"tenant_id, source_app, created_at) "
+
+/*
+ * The SQL of a statement-level trigger.  Parameters: $1 event type, $2
+ * target application, $3 source application, $4 time; for UPDATE also $5
+ * and $6, the created and deleted event types.
+ */
+static char *
+trg_statement_sql(TrgArgs *a, TrgOp op, Trigger *tg, Relation rel)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, TRG_INSERT_HEAD);
+
+	if (op == TRG_OP_INSERT || op == TRG_OP_DELETE)
+	{
+		const char *table = op == TRG_OP_INSERT ? tg->tgnewtable : tg->tgoldtable;
+
+		appendStringInfoString(&buf, "SELECT messaging.uuid_generate_v7(), $1, "
+							   "messaging._event_payload(");
+		trg_append_row_expr(&buf, a, "r");
+		appendStringInfoString(&buf, "), $2, ");
+		trg_append_tenant_expr(&buf, a, "r");
+		appendStringInfo(&buf, ", $3, $4 FROM %s AS r", quote_identifier(table));
+	}
+	else
+	{
+		Relation	pkrel;
+		int			i;
+
+		(void) RelationGetIndexList(rel);
+		pkrel = index_open(rel->rd_pkindex, AccessShareLock);
+
+		appendStringInfoString(&buf,
+							   "SELECT messaging.uuid_generate_v7(), "
+							   "CASE WHEN e.jo IS NULL THEN $5 WHEN e.jn IS NULL THEN $6 ELSE $1 END, "
+							   "messaging._event_payload(CASE WHEN e.jo IS NULL THEN e.jn "
+							   "WHEN e.jn IS NULL THEN e.jo "
+							   "ELSE pg_catalog.jsonb_build_object("
+							   "'new'::pg_catalog.text, e.jn, "
+							   "'old'::pg_catalog.text, (SELECT pg_catalog.jsonb_object_agg(c.k, e.jo OPERATOR(pg_catalog.->) c.k) FROM pg_catalog.unnest(e.changed) AS c(k)), "
+							   "'changed'::pg_catalog.text, pg_catalog.to_jsonb(e.changed)) END), "
+							   "$2, e.tenant, $3, $4 "
+							   "FROM (SELECT p.jn, p.jo, p.tenant, "
+							   "ARRAY(SELECT c.k FROM pg_catalog.unnest(");
+		trg_append_name_array(&buf, a->kept_names, a->nkept);
+		appendStringInfoString(&buf,
+							   ") WITH ORDINALITY AS c(k, i) "
+							   "WHERE (p.jn OPERATOR(pg_catalog.->) c.k) IS DISTINCT FROM (p.jo OPERATOR(pg_catalog.->) c.k) "
+							   "ORDER BY c.i) AS changed "
+							   "FROM (SELECT ");
+		trg_append_row_expr(&buf, a, "n");
+		appendStringInfoString(&buf, " AS jn, ");
+		trg_append_row_expr(&buf, a, "o");
+		appendStringInfoString(&buf, " AS jo, ");
+
+		for (i = 0; i < pkrel->rd_index->indnkeyatts; i++)
+		{
+			AttrNumber	attnum = pkrel->rd_index->indkey.values[i];
+			Oid			eqop;
+			const char *col;
+
+			col = quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(rel),
+														 attnum - 1)->attname));
+			if (i == 0)
+			{
+				appendStringInfo(&buf, "CASE WHEN n.%s IS NULL THEN ", col);
+				trg_append_tenant_expr(&buf, a, "o");
+				appendStringInfoString(&buf, " ELSE ");
+				trg_append_tenant_expr(&buf, a, "n");
+				appendStringInfo(&buf, " END AS tenant FROM %s AS o FULL JOIN %s AS n ON ",
+								 quote_identifier(tg->tgoldtable),
+								 quote_identifier(tg->tgnewtable));
+			}
+			else
+				appendStringInfoString(&buf, " AND ");
+
+			eqop = get_opfamily_member(pkrel->rd_opfamily[i],
+									   pkrel->rd_opcintype[i],
+									   pkrel->rd_opcintype[i],
+									   BTEqualStrategyNumber);
+			if (!OidIsValid(eqop))
+				elog(ERROR, "missing equality operator for primary key column %s", col);
+			appendStringInfo(&buf, "o.%s OPERATOR(", col);
+			trg_append_operator_name(&buf, eqop);
+			appendStringInfo(&buf, ") n.%s", col);
+		}
+		index_close(pkrel, AccessShareLock);
+
+		appendStringInfoString(&buf, ") AS p) AS e "
+							   "WHERE e.jo IS NULL OR e.jn IS NULL OR ");
+		if (a->nwatched > 0)
+		{
+			char	  **w = palloc(sizeof(char *) * a->nwatched);
+			int			nw = 0;
+
+			for (i = 0; i < a->nkept; i++)
+				if (a->kept_watched[i])
+					w[nw++] = a->kept_names[i];
+			appendStringInfoString(&buf, "e.changed OPERATOR(pg_catalog.&&) ");
+			trg_append_name_array(&buf, w, nw);
+		}
+		else
+			appendStringInfoString(&buf, "pg_catalog.cardinality(e.changed) > 0");
+	}
+	return buf.data;
+}
+
+/* Owner of messaging.outbox: the role the statement form's SQL runs as. */
+static Oid
+trg_outbox_owner(void)
+{
+	Oid			relid = messaging_outbox_relid();
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			owner;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+static void
+trg_fire_statement(TriggerData *td, TrgArgs *a)
+{
+	Trigger    *tg = td->tg_trigger;
+	TrgOp		op;
+	Tuplestorestate *rows;
+	const char *missing = NULL;
+	Oid			save_userid;
+	int			save_sec;
+	int			save_nestlevel;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	TEXTOID, TEXTOID};
+	int			rc;
+
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+	{
+		op = TRG_OP_INSERT;
+		rows = td->tg_newtable;
+		if (rows == NULL)
+			missing = "REFERENCING NEW TABLE AS new";
+	}
+	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
+	{
+		op = TRG_OP_DELETE;
+		rows = td->tg_oldtable;
+		if (rows == NULL)
+			missing = "REFERENCING OLD TABLE AS old";
+	}
+	else
+	{
+		op = TRG_OP_UPDATE;
+		rows = td->tg_newtable;
+		if (rows == NULL || td->tg_oldtable == NULL)
+			missing = "REFERENCING NEW TABLE AS new OLD TABLE AS old";
+	}
+	if (missing != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("statement-level trigger \"%s\" on table \"%s\" has no transition tables",
+						tg->tgname, a->table_name),
+				 errdetail("A statement-level trigger finds the changed rows in its transition tables."),
+				 errhint("Declare the trigger with %s, or make it FOR EACH ROW.",
+						 missing)));
+
+	if (tuplestore_tuple_count(rows) == 0 &&
+		(op != TRG_OP_UPDATE || tuplestore_tuple_count(td->tg_oldtable) == 0))
+		return;
+
+	values[0] = CStringGetTextDatum(op == TRG_OP_INSERT ? a->type_created :
+									op == TRG_OP_DELETE ? a->type_deleted :
+									a->type_updated);
+	if (a->target_app != NULL)
+		values[1] = CStringGetTextDatum(a->target_app);
+	else
+		nulls[1] = 'n';
+	values[2] = CStringGetTextDatum(messaging_app_name);
+	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
+	values[4] = CStringGetTextDatum(a->type_created);
+	values[5] = CStringGetTextDatum(a->type_deleted);
+
+	/*
+	 * Run as the outbox's owner with a pinned search path, like a function
+	 * declared SECURITY DEFINER SET search_path = pg_catalog, pg_temp.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	SetUserIdAndSecContext(trg_outbox_owner(),
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_register_trigger_data(td) != SPI_OK_TD_REGISTER)
+		elog(ERROR, "SPI_register_trigger_data failed");
+
+	if (a->plans[op] == NULL)
+	{
+		char	   *sql = trg_statement_sql(a, op, tg, td->tg_relation);
+		SPIPlanPtr	plan;
+
+		plan = SPI_prepare(sql, op == TRG_OP_UPDATE ? 6 : 4, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		a->plans[op] = plan;
+	}
+
+	rc = SPI_execute_plan(a->plans[op], values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_plan returned %s",
+			 SPI_result_code_string(rc));
+	if (SPI_processed > 0)
+		messaging_note_outbox_write();
+
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+
+	AtEOXact_GUC(false, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec);
+}
+
+static void
+trg_fire_truncate(TrgArgs *a)
+{
+	JsonbParseState *st = NULL;
+	JsonbValue *res;
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	trg_write_event(a, a->type_truncated, JsonbValueToJsonb(res), NULL);
+}
+
+/*
+ * messaging.emit_event() RETURNS trigger
+ *
+ * See the file header for the arguments and the payloads.
+ */
+Datum
+messaging_emit_event(PG_FUNCTION_ARGS)
+{
+	TriggerData *td;
+	Trigger    *tg;
+	TrgArgs    *a;
+	ErrorContextCallback errcb;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("function \"emit_event\" was not called by trigger manager")));
+	td = (TriggerData *) fcinfo->context;
+	tg = td->tg_trigger;
+
+	if (!TRIGGER_FIRED_AFTER(td->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("trigger \"%s\" on table \"%s\" must fire AFTER the change",
+						tg->tgname, RelationGetRelationName(td->tg_relation)),
+				 errdetail("Events describe committed changes, which only AFTER triggers see."),
+				 errhint("Create the trigger with AFTER instead of BEFORE or INSTEAD OF.")));
+
+	a = trg_lookup(td, !TRIGGER_FOR_ROW(tg->tgtype) &&
+				   TRIGGER_FOR_UPDATE(tg->tgtype));
+
+	if (trg_suppressed)
+		return PointerGetDatum(NULL);
+
+	errcb.callback = trg_error_callback;
+	errcb.arg = a;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	if (TRIGGER_FIRED_FOR_ROW(td->tg_event))
+		trg_fire_row(td, a);
+	else if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		trg_fire_truncate(a);
+	else
+		trg_fire_statement(td, a);
+
+	error_context_stack = errcb.previous;
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * messaging._event_tenant_id(value anyelement) RETURNS text
+ *
+ * The tenant id of a row in the statement form: the value's text, checked
+ * as a tenant id, exactly as the row form takes it.
+ */
+Datum
+messaging_event_tenant_id(PG_FUNCTION_ARGS)
+{
+	FmgrInfo   *out = (FmgrInfo *) fcinfo->flinfo->fn_extra;
+
+	if (out == NULL)
+	{
+		Oid			type = get_fn_expr_argtype(fcinfo->flinfo, 0);
+		Oid			typoutput;
+		bool		isvarlena;
+
+		if (!OidIsValid(type))
+			elog(ERROR, "could not determine the type of the tenant column");
+		getTypeOutputInfo(type, &typoutput, &isvarlena);
+		out = MemoryContextAlloc(fcinfo->flinfo->fn_mcxt, sizeof(FmgrInfo));
+		fmgr_info_cxt(typoutput, out, fcinfo->flinfo->fn_mcxt);
+		fcinfo->flinfo->fn_extra = out;
+	}
+	PG_RETURN_TEXT_P(cstring_to_text(trg_tenant_text(out, PG_GETARG_DATUM(0))));
+}
+
+/*
+ * messaging._event_payload(payload jsonb) RETURNS jsonb
+ *
+ * The payload, once checked against messaging.max_payload_bytes.
+ */
+Datum
+messaging_event_payload(PG_FUNCTION_ARGS)
+{
+	Datum		payload = PG_GETARG_DATUM(0);
+
+	messaging_check_payload_size(payload, "payload");
+	PG_RETURN_DATUM(payload);
+}
+
+/*
+ * messaging.suppress_trigger_events(suppress boolean DEFAULT true)
+ *		RETURNS boolean
+ *
+ * Switches emit_event() triggers off (or on again) in this session until
+ * the end of the current transaction; returns the previous state.
+ */
+Datum
+messaging_suppress_trigger_events(PG_FUNCTION_ARGS)
+{
+	bool		previous = trg_suppressed;
+
+	if (!IsTransactionBlock())
+		ereport(WARNING,
+				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
+				 errmsg("suppress_trigger_events() has no effect outside a transaction block")));
+	trg_cache_init();
+	trg_suppressed = PG_GETARG_BOOL(0);
+	PG_RETURN_BOOL(previous);
+}
+
+/* Text array elements as C strings; NULL elements are refused. */
+static int
+trg_text_array(ArrayType *arr, const char *param, char ***out)
+{
+	Datum	   *elems;
+	bool	   *elnulls;
+	int			n;
+	int			i;
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &elnulls, &n);
+	*out = palloc(sizeof(char *) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		if (elnulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain null elements", param)));
+		(*out)[i] = TextDatumGetCString(elems[i]);
+		if (strchr((*out)[i], ',') != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("column \"%s\" in %s cannot be listed because its name contains a comma",
+							(*out)[i], param)));
+	}
+	return n;
+}
+
+/* "<key>=a,b,c" */
+static char *
+trg_option(const char *key, char **names, int n)
+{
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%s=", key);
+	for (i = 0; i < n; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? "," : "", names[i]);
+	return buf.data;
+}
+
+static void
+trg_spi_exec(const char *sql)
+{
+	int			rc = SPI_execute(sql, false, 0);
+
+	if (rc < 0)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(rc));
+}
+
+/* Drops the named create_event_trigger() triggers that exist on relid. */
+static void
+trg_drop_named(Oid relid, const char *qualname, const char *const *names,
+			   int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (!OidIsValid(get_trigger_oid(relid, names[i], true)))
+			continue;
+		trg_spi_exec(psprintf("DROP TRIGGER %s ON %s",
+							  quote_identifier(names[i]), qualname));
+	}
+}
+
+static const char *
+trg_qualified_name(Relation rel)
+{
+	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+									  RelationGetRelationName(rel));
+}
+
+/*
+ * messaging.create_event_trigger("table" regclass, entity text,
+ *		target_app text, tenant_column text, exclude_columns text[],
+ *		watch_columns text[], for_each_row boolean) RETURNS text[]
+ *
+ * Checks everything the first firing would, then creates (or replaces)
+ * the triggers with the caller's rights and returns their names.
+ */
+Datum
+messaging_create_event_trigger(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	Relation	rel;
+	char	   *targs[5];
+	int			nargs = 3;
+	char	  **cols;
+	int			ncols;
+	bool		row;
+	const char *qualname;
+	StringInfoData arglist;
+	List	   *created = NIL;
+	Datum	   *names;
+	ListCell   *lc;
+	int			i;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("table and entity must not be null")));
+	relid = PG_GETARG_OID(0);
+	targs[0] = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	targs[1] = PG_ARGISNULL(2) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	targs[2] = PG_ARGISNULL(3) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (!PG_ARGISNULL(4))
+	{
+		ncols = trg_text_array(PG_GETARG_ARRAYTYPE_P(4), "exclude_columns", &cols);
+		if (ncols > 0)
+			targs[nargs++] = trg_option("exclude", cols, ncols);
+	}
+	if (!PG_ARGISNULL(5))
+	{
+		ncols = trg_text_array(PG_GETARG_ARRAYTYPE_P(5), "watch_columns", &cols);
+		if (ncols > 0)
+			targs[nargs++] = trg_option("watch", cols, ncols);
+	}
+	row = !PG_ARGISNULL(6) && PG_GETARG_BOOL(6);
+
+	rel = relation_open(relid, ShareRowExclusiveLock);
+	if (rel->rd_rel->relkind != RELKIND_RELATION &&
+		rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
+				 errdetail("Row-change events can be emitted for tables and partitioned tables only.")));
+	qualname = trg_qualified_name(rel);
+
+	MemoryContextDelete(trg_parse_args(rel, InvalidOid,
+									   row ? TRG_NAME_ROW : TRG_NAME_UPDATE,
+									   nargs, targs, !row,
+									   CurrentMemoryContext)->cxt);
+
+	initStringInfo(&arglist);
+	for (i = 0; i < nargs; i++)
+		appendStringInfo(&arglist, "%s%s", i > 0 ? ", " : "",
+						 quote_literal_cstr(targs[i]));
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+
+	if (row)
+	{
+		static const char *const others[] = {TRG_NAME_INSERT, TRG_NAME_UPDATE,
+		TRG_NAME_DELETE};
+
+		trg_drop_named(relid, qualname, others, lengthof(others));
+		trg_spi_exec(psprintf("CREATE OR REPLACE TRIGGER %s "
+							  "AFTER INSERT OR UPDATE OR DELETE ON %s "
+							  "FOR EACH ROW EXECUTE FUNCTION messaging.emit_event(%s)",
+							  TRG_NAME_ROW, qualname, arglist.data));
+		created = lappend(created, TRG_NAME_ROW);
+	}
+	else
+	{
+		static const char *const others[] = {TRG_NAME_ROW};
+
+		trg_drop_named(relid, qualname, others, lengthof(others));
+		trg_spi_exec(psprintf("CREATE OR REPLACE TRIGGER %s AFTER INSERT ON %s "
+							  "REFERENCING NEW TABLE AS new "
+							  "FOR EACH STATEMENT EXECUTE FUNCTION messaging.emit_event(%s)",
+							  TRG_NAME_INSERT, qualname, arglist.data));
+		trg_spi_exec(psprintf("CREATE OR REPLACE TRIGGER %s AFTER UPDATE ON %s "
+							  "REFERENCING OLD TABLE AS old NEW TABLE AS new "
+							  "FOR EACH STATEMENT EXECUTE FUNCTION messaging.emit_event(%s)",
+							  TRG_NAME_UPDATE, qualname, arglist.data));
+		trg_spi_exec(psprintf("CREATE OR REPLACE TRIGGER %s AFTER DELETE ON %s "
+							  "REFERENCING OLD TABLE AS old "
+							  "FOR EACH STATEMENT EXECUTE FUNCTION messaging.emit_event(%s)",
+							  TRG_NAME_DELETE, qualname, arglist.data));
+		created = lappend(created, TRG_NAME_INSERT);
+		created = lappend(created, TRG_NAME_UPDATE);
+		created = lappend(created, TRG_NAME_DELETE);
+	}
+	trg_spi_exec(psprintf("CREATE OR REPLACE TRIGGER %s AFTER TRUNCATE ON %s "
+						  "FOR EACH STATEMENT EXECUTE FUNCTION messaging.emit_event(%s)",
+						  TRG_NAME_TRUNCATE, qualname, arglist.data));
+	created = lappend(created, TRG_NAME_TRUNCATE);
+
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+	relation_close(rel, NoLock);
+
+	names = palloc(sizeof(Datum) * list_length(created));
+	i = 0;
+	foreach(lc, created)
+		names[i++] = CStringGetTextDatum((char *) lfirst(lc));
+	PG_RETURN_ARRAYTYPE_P(construct_array(names, i, TEXTOID, -1, false,
+										  TYPALIGN_INT));
+}
+
+/*
+ * messaging.drop_event_trigger(tbl regclass) RETURNS integer
+ *
+ * Drops the triggers create_event_trigger() made on the table; returns how
+ * many there were.
+ */
+Datum
+messaging_drop_event_trigger(PG_FUNCTION_ARGS)
+{
+	static const char *const all[] = {TRG_NAME_INSERT, TRG_NAME_UPDATE,
+	TRG_NAME_DELETE, TRG_NAME_ROW, TRG_NAME_TRUNCATE};
+	Oid			relid = PG_GETARG_OID(0);
+	Relation	rel;
+	int			n = 0;
+	int			i;
+
+	rel = relation_open(relid, ShareRowExclusiveLock);
+	for (i = 0; i < (int) lengthof(all); i++)
+		if (OidIsValid(get_trigger_oid(relid, all[i], true)))
+			n++;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	trg_drop_named(relid, trg_qualified_name(rel), all, lengthof(all));
+	if (SPI_finish() != SPI_OK_FINISH)
+		elog(ERROR, "SPI_finish failed");
+	relation_close(rel, NoLock);
+	PG_RETURN_INT32(n);
+}
