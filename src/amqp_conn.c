@@ -316,6 +316,29 @@ fail:
 }
 
 /*
+ * Extracts host and port from a broker URL, for status reports before any
+ * connection exists.  Nothing else of the URL leaves this function.
+ */
+bool
+amqp_url_endpoint(const char *url, char *host, size_t hostlen, int *port)
+{
+	struct amqp_connection_info info;
+	char	   *copy = pstrdup(url);
+	bool		ok;
+
+	amqp_default_connection_info(&info);
+	ok = (amqp_parse_url(copy, &info) == AMQP_STATUS_OK);
+	if (ok)
+	{
+		strlcpy(host, info.host, hostlen);
+		*port = info.port;
+	}
+	explicit_bzero(copy, strlen(url));
+	pfree(copy);
+	return ok;
+}
+
+/*
  * Tears the connection down without a closing handshake.
  */
 void

@@ -44,6 +44,8 @@ typedef struct AmqpBackoff
 extern bool amqp_conn_open(AmqpConn *c, const char *url, const char *ca_file,
 						   const char *connection_name);
 extern void amqp_conn_close(AmqpConn *c);
+extern bool amqp_url_endpoint(const char *url, char *host, size_t hostlen,
+							  int *port);
 extern void amqp_conn_drop(AmqpConn *c);
 
 extern bool amqp_conn_reply_ok(AmqpConn *c, const char *what);

@@ -42,6 +42,7 @@
 #include "utils/guc.h"
 
 #include "messaging.h"
+#include "consumer.h"
 #include "shmem.h"
 #include "validate.h"
 
@@ -319,6 +320,7 @@ define_settings(void)
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	messaging_consumer_define_settings();
 	MarkGUCPrefixReserved("messaging");
 }
 
@@ -360,7 +362,7 @@ register_worker(const char *name, const char *function)
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
 		BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
+	worker.bgw_restart_time = 5;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "messaging");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "%s", function);
 	snprintf(worker.bgw_name, BGW_MAXLEN, "messaging %s", name);

@@ -134,8 +134,14 @@ static TimestampTz last_maintenance = 0;
 static void
 set_state(MessagingConnState state, const char *error)
 {
-	MessagingWorkerStatus *st = messaging_status_begin(MSG_WORKER_RELAY);
+	MessagingWorkerStatus *st;
 
+	/* report the configured broker even before the first connection */
+	if (conn.state == NULL)
+		(void) amqp_url_endpoint(messaging_broker_url, conn.host,
+								 sizeof(conn.host), &conn.port);
+
+	st = messaging_status_begin(MSG_WORKER_RELAY);
 	st->state = state;
 	strlcpy(st->host, conn.host, sizeof(st->host));
 	st->port = conn.port;
@@ -1039,7 +1045,10 @@ messaging_relay_main(Datum main_arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
+	memset(&conn, 0, sizeof(conn));
+	conn.fd = -1;
 	messaging_worker_attach(MSG_WORKER_RELAY);
+	set_state(MSG_CONN_DISCONNECTED, NULL);
 	BackgroundWorkerInitializeConnection(messaging_database, NULL, 0);
 	pgstat_report_appname("messaging relay");
 
@@ -1057,9 +1066,6 @@ messaging_relay_main(Datum main_arg)
 	pass_context = AllocSetContextCreate(TopMemoryContext,
 										 "messaging relay pass",
 										 ALLOCSET_DEFAULT_SIZES);
-	memset(&conn, 0, sizeof(conn));
-	conn.fd = -1;
-
 	for (;;)
 	{
 		bool		more = false;
@@ -1079,9 +1085,10 @@ messaging_relay_main(Datum main_arg)
 						(errmsg("messaging relay reconnecting because \"%s\" changed",
 								"messaging.broker_url")));
 				amqp_conn_close(&conn);
-				set_state(MSG_CONN_DISCONNECTED, NULL);
 				amqp_backoff_reset(&backoff);
 			}
+			if (conn.state == NULL)
+				set_state(MSG_CONN_DISCONNECTED, NULL);
 		}
 
 		PG_TRY();
