@@ -46,6 +46,7 @@ BEGIN
 				('emit_event', 'messaging_publisher'),
 				('create_event_trigger', 'messaging_publisher'),
 				('drop_event_trigger', 'messaging_publisher'),
+				('suppress_trigger_events', 'messaging_publisher'),
 				('event_status', 'messaging_reader'),
 				('communication_matrix', 'messaging_reader'),
 				('topic_matches', 'messaging_reader'),
