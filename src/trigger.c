@@ -880,6 +880,28 @@ trg_append_operator_name(StringInfo buf, Oid opno)
 	ReleaseSysCache(tup);
 }
 
+/*
+ * Appends the array of the kept columns whose JSON values differ between
+ * p.jn and p.jo (or, with changed false, are equal), in column order.
+ */
+static void
+trg_append_change_list(StringInfo buf, TrgArgs *a, bool changed)
+{
+	int			i;
+
+	appendStringInfoString(buf, "pg_catalog.array_remove(ARRAY[");
+	for (i = 0; i < a->nkept; i++)
+	{
+		const char *key = quote_literal_cstr(a->kept_names[i]);
+
+		appendStringInfo(buf, "%sCASE WHEN (p.jn OPERATOR(pg_catalog.->) %s::pg_catalog.text) "
+						 "IS %sDISTINCT FROM (p.jo OPERATOR(pg_catalog.->) %s::pg_catalog.text) "
+						 "THEN %s::pg_catalog.text END",
+						 i > 0 ? ", " : "", key, changed ? "" : "NOT ", key, key);
+	}
+	appendStringInfoString(buf, "]::pg_catalog.text[], NULL::pg_catalog.text)");
+}
+
 #define TRG_INSERT_HEAD \
 	"INSERT INTO messaging.outbox (id, event_type, payload, target_app, " \
 	"tenant_id, source_app, created_at) "
@@ -923,17 +945,14 @@ trg_statement_sql(TrgArgs *a, TrgOp op, Trigger *tg, Relation rel)
 							   "WHEN e.jn IS NULL THEN e.jo "
 							   "ELSE pg_catalog.jsonb_build_object("
 							   "'new'::pg_catalog.text, e.jn, "
-							   "'old'::pg_catalog.text, (SELECT pg_catalog.jsonb_object_agg(c.k, e.jo OPERATOR(pg_catalog.->) c.k) FROM pg_catalog.unnest(e.changed) AS c(k)), "
+							   "'old'::pg_catalog.text, e.jo OPERATOR(pg_catalog.-) e.same, "
 							   "'changed'::pg_catalog.text, pg_catalog.to_jsonb(e.changed)) END), "
 							   "$2, e.tenant, $3, $4 "
-							   "FROM (SELECT p.jn, p.jo, p.tenant, "
-							   "ARRAY(SELECT c.k FROM pg_catalog.unnest(");
-		trg_append_name_array(&buf, a->kept_names, a->nkept);
-		appendStringInfoString(&buf,
-							   ") WITH ORDINALITY AS c(k, i) "
-							   "WHERE (p.jn OPERATOR(pg_catalog.->) c.k) IS DISTINCT FROM (p.jo OPERATOR(pg_catalog.->) c.k) "
-							   "ORDER BY c.i) AS changed "
-							   "FROM (SELECT ");
+							   "FROM (SELECT p.jn, p.jo, p.tenant, ");
+		trg_append_change_list(&buf, a, true);
+		appendStringInfoString(&buf, " AS changed, ");
+		trg_append_change_list(&buf, a, false);
+		appendStringInfoString(&buf, " AS same FROM (SELECT ");
 		trg_append_row_expr(&buf, a, "n");
 		appendStringInfoString(&buf, " AS jn, ");
 		trg_append_row_expr(&buf, a, "o");
@@ -972,7 +991,8 @@ trg_statement_sql(TrgArgs *a, TrgOp op, Trigger *tg, Relation rel)
 		}
 		index_close(pkrel, AccessShareLock);
 
-		appendStringInfoString(&buf, ") AS p) AS e "
+		/* OFFSET 0 keeps each row rendered once, not once per reference */
+		appendStringInfoString(&buf, " OFFSET 0) AS p OFFSET 0) AS e "
 							   "WHERE e.jo IS NULL OR e.jn IS NULL OR ");
 		if (a->nwatched > 0)
 		{
@@ -1078,6 +1098,10 @@ trg_fire_statement(TriggerData *td, TrgArgs *a)
 						   SECURITY_RESTRICTED_OPERATION);
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	/* the estimates of a transition table scan make JIT look worthwhile */
+	(void) set_config_option("jit", "off",
 							 PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 
