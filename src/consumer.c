@@ -218,8 +218,14 @@ messaging_consumer_define_settings(void)
 static void
 set_state(MessagingConnState state, const char *error)
 {
-	MessagingWorkerStatus *st = messaging_status_begin(MSG_WORKER_CONSUMER);
+	MessagingWorkerStatus *st;
 
+	/* report the configured broker even before the first connection */
+	if (conn.state == NULL)
+		(void) amqp_url_endpoint(messaging_broker_url, conn.host,
+								 sizeof(conn.host), &conn.port);
+
+	st = messaging_status_begin(MSG_WORKER_CONSUMER);
 	st->state = state;
 	strlcpy(st->host, conn.host, sizeof(st->host));
 	st->port = conn.port;

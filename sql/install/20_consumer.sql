@@ -50,11 +50,12 @@ BEGIN
 	   OR p.prorettype <> 'void'::regtype THEN
 		RAISE EXCEPTION 'function % cannot be an event handler', NEW.handler
 			USING ERRCODE = 'invalid_function_definition',
-				  DETAIL = format('A handler takes one argument of type jsonb and returns void; this %s returns %s%s.',
+				  DETAIL = format('A handler takes one argument of type jsonb and returns void; this %s takes (%s) and returns %s%s.',
 								  CASE p.prokind WHEN 'p' THEN 'procedure'
 									   WHEN 'a' THEN 'aggregate'
 									   WHEN 'w' THEN 'window function'
 									   ELSE 'function' END,
+								  pg_get_function_identity_arguments(p.oid),
 								  CASE WHEN p.proretset THEN 'SETOF ' ELSE '' END,
 								  coalesce(p.prorettype::regtype::text, 'nothing')),
 				  HINT = 'Declare it as FUNCTION name(event jsonb) RETURNS void.';
