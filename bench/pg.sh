@@ -43,6 +43,9 @@ CONF
 	runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$BENCH_PG_DIR/data" \
 		-l "$BENCH_PG_DIR/log" -w start >/dev/null
 	pg_psql -c "CREATE EXTENSION messaging"
+	# a durable queue that takes every event, as the bare publisher's does
+	node "$REPO_DIR/test/interop/consume.js" --url "$url" --queue bench-sink \
+		--bind 'inter-app-events:#' --declare-exchanges --setup-only >/dev/null
 }
 
 pg_stop()
@@ -117,10 +120,6 @@ pg_bench_relay()
 		bare_series "bare publisher, ${size}B, mandatory" "$BENCH_COUNT" "$BENCH_WINDOW"
 	bare=$(json_field msg_per_s < "$RESULTS_DIR/bare_w$BENCH_WINDOW-relay-size.jsonl" | median)
 
-	# a durable queue that takes every event, as the bare publisher's does
-	pg_psql -c "SELECT 1" >/dev/null
-	node "$REPO_DIR/test/interop/consume.js" --url "$MQ_URL" --queue bench-sink \
-		--bind 'inter-app-events:#' --declare-exchanges --setup-only >/dev/null
 	pg_relay_run >/dev/null		# warm-up
 	for ((i = 1; i <= BENCH_RUNS; i++)); do
 		# start each run on an empty queue, as the bare publisher does
@@ -194,6 +193,7 @@ SQL
 	chmod 644 "$dir/insert.sql" "$dir/publish.sql"
 	INSERT_TPS=$(pg_pgbench "$dir/insert.sql")
 	PUBLISH_TPS=$(pg_pgbench "$dir/publish.sql")
+	pg_psql -c "SELECT count(*) || ' events failed' FROM messaging.failed_events" >&2
 	record "single-row INSERT transactions" "$INSERT_TPS" "tps" "pgbench -c 2, 10 s"
 	record "single-event transactions" "$PUBLISH_TPS" "tps" \
 		"$(awk -v a="$PUBLISH_TPS" -v b="$INSERT_TPS" 'BEGIN { printf "%.2fx the INSERT rate, relay running", a / b }')"

@@ -20,6 +20,8 @@
 #					first run on a freshly booted node is reliably slower
 #	BENCH_W1_COUNT	messages per window-1 contrast run (3000; 0 skips it)
 #	BENCH_KEEP		set to 1 to keep the broker's state directory
+#	BENCH_ONLY		benchmarks to run, of: bare relay publish_call
+#					single_txn trigger (default: all)
 #	BENCH_BROKER_SCRIPT
 #					broker control script (start|wait|stop, MQ_DIR, MQ_PORT);
 #					default test/scripts/rabbitmq.sh, else
@@ -214,7 +216,6 @@ bench_bare()
 # confirm of the last one, through the extension's background worker.
 bench_relay()
 {
-	pg_start "$MQ_URL"
 	pg_bench_relay
 }
 
@@ -258,11 +259,17 @@ main()
 
 	export MQ_URL RESULTS_DIR BENCH_COUNT BENCH_SIZE BENCH_RUNS
 
-	bench_bare
-	bench_relay
-	bench_publish_call
-	bench_single_txn
-	bench_trigger
+	for b in ${BENCH_ONLY:-bare relay publish_call single_txn trigger}; do
+		# the PostgreSQL benchmarks share one scratch cluster
+		if [ "$b" != bare ] && [ -z "$BENCH_PG_DIR" ]; then
+			pg_start "$MQ_URL"
+		fi
+		case "$b" in
+			bare | publish_call | single_txn | trigger) "bench_$b" ;;
+			relay) bench_relay ;;
+			*) log "unknown benchmark \"$b\""; exit 2 ;;
+		esac
+	done
 
 	echo
 	print_summary

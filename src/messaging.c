@@ -64,6 +64,7 @@ int			messaging_reconnect_max_delay = 10000;
 int			messaging_poll_interval = 1000;
 int			messaging_publish_batch_size = 500;
 int			messaging_publish_window = 500;
+int			messaging_publish_linger = 5;
 int			messaging_confirm_timeout = 30000;
 int			messaging_publish_max_attempts = 5;
 char	   *messaging_consumer_queue = NULL;
@@ -225,6 +226,16 @@ define_settings(void)
 							&messaging_publish_window,
 							500, 1, 65535,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("messaging.publish_linger",
+							"Time the relay lets events gather under steady load.",
+							"When a wake-up follows a pass closer than this, the "
+							"relay waits the rest of it first, so that many small "
+							"transactions are published in one pass.",
+							&messaging_publish_linger,
+							5, 0, 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("messaging.confirm_timeout",

@@ -127,6 +127,8 @@ static SPIPlanPtr outcome_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
 static TimestampTz last_count = 0;
 static TimestampTz last_maintenance = 0;
+static TimestampTz last_pass_end = 0;
+static int	last_pass_events = 0;
 
 /* Interval of messaging._relay_maintenance() calls. */
 #define RELAY_MAINTENANCE_MS	10000
@@ -942,10 +944,39 @@ relay_drain(void)
 			 (long) (t_recorded - t_confirmed),
 			 (long) (GetCurrentTimestamp() - t_recorded));
 
+	last_pass_end = GetCurrentTimestamp();
+	last_pass_events = pass.nevents;
+
 	if (pass.broken)
 		relay_lost_connection();
 
 	return more;
+}
+
+/*
+ * Under a steady stream of small transactions every commit wakes the relay,
+ * and a pass per handful of events costs more than the events.  When the
+ * last pass was small and ended less than messaging.publish_linger ago,
+ * wait out the rest of that time first so that the next pass takes what
+ * gathered meanwhile.  An event after a quiet spell is published at once.
+ */
+static void
+relay_linger(void)
+{
+	long		elapsed_ms;
+
+	if (messaging_publish_linger <= 0 || last_pass_end == 0 ||
+		last_pass_events >= messaging_publish_batch_size)
+		return;
+
+	elapsed_ms = (long) ((GetCurrentTimestamp() - last_pass_end) / 1000);
+	if (elapsed_ms >= messaging_publish_linger)
+		return;
+
+	(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 messaging_publish_linger - elapsed_ms,
+					 MESSAGING_WAIT_EVENT);
+	CHECK_FOR_INTERRUPTS();
 }
 
 /*
@@ -1101,7 +1132,10 @@ messaging_relay_main(Datum main_arg)
 				(void) relay_connect();
 
 			if (extension_ready && conn.state != NULL && !conn.blocked)
+			{
+				relay_linger();
 				more = relay_drain();
+			}
 
 			if (extension_ready)
 				relay_maintenance();
