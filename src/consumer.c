@@ -448,10 +448,10 @@ consumer_connect(void)
 							  "Connected after %d failed attempts.",
 							  backoff.failures, backoff.failures) : 0));
 	if (conn.heartbeat > 0 &&
-		messaging_handler_timeout >= conn.heartbeat * 1000 &&
+		messaging_handler_timeout > conn.heartbeat * 1000 &&
 		!logged_failure)
 		ereport(LOG,
-				(errmsg("\"%s\" is not below the heartbeat interval of %d s",
+				(errmsg("\"%s\" is above the heartbeat interval of %d s",
 						"messaging.handler_timeout", conn.heartbeat),
 				 errdetail("No heartbeat is sent while a handler runs, so the broker may close the connection of a slow handler, and the event is then redelivered."),
 				 errhint("Lower \"%s\" or raise \"%s\".",
