@@ -245,7 +245,17 @@ BEGIN
 	 WHERE last_cleanup_at IS NULL
 		OR last_cleanup_at <= now() - interval '1 hour';
 	IF FOUND THEN
-		removed := messaging.cleanup();
+		/*
+		 * A failing cleanup must not fail the whole call: the relay treats
+		 * that as an error of its own and reconnects.  It is retried in an
+		 * hour.
+		 */
+		BEGIN
+			removed := messaging.cleanup();
+		EXCEPTION WHEN OTHERS THEN
+			RAISE WARNING 'messaging cleanup failed: %', SQLERRM
+				USING HINT = 'It runs again in an hour; run messaging.cleanup() to see the full error.';
+		END;
 		UPDATE messaging.maintenance_state SET last_cleanup_rows = removed;
 	END IF;
 END

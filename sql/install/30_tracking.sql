@@ -299,18 +299,18 @@ CREATE VIEW messaging.sync_health AS
 		SELECT * FROM workers WHERE worker = 'relay'),
 	consumer AS (
 		SELECT * FROM workers WHERE worker = 'consumer'),
-	outbox AS (
+	outbox AS MATERIALIZED (
 		SELECT (SELECT count(*) FROM (SELECT FROM messaging.outbox LIMIT 10000) x)
 				 AS counted,
 			   (SELECT o.created_at FROM messaging.outbox o ORDER BY o.id LIMIT 1)
 				 AS oldest),
-	waiting AS (
+	waiting AS MATERIALIZED (
 		SELECT (SELECT count(*)
 				  FROM (SELECT FROM messaging.awaiting_ack LIMIT 10000) x)
 				 AS counted,
 			   (SELECT min(a.published_at) FROM messaging.awaiting_ack a)
 				 AS oldest),
-	hour AS (
+	hour AS MATERIALIZED (
 		SELECT sum((c.published + c.received) * k.w) AS published,
 			   sum(c.acknowledged * k.w) AS acknowledged,
 			   sum(c.failed * k.w) AS failed

@@ -47,6 +47,13 @@ ok($node->poll_query_until('postgres',
 
 sub sql { return $node->safe_psql('postgres', $_[0]) }
 
+ok($node->poll_query_until('postgres',
+		'SELECT last_cleanup_at IS NOT NULL AND last_cleanup_rows = 0 FROM messaging.maintenance_state'),
+	'the relay ran the periodic cleanup');
+ok($node->poll_query_until('postgres',
+		'SELECT count(*) > 0 FROM messaging.relay_samples'),
+	'the relay sampled its publish total');
+
 sub publish
 {
 	my ($type, $target, $tenant) = @_;
