@@ -25,6 +25,15 @@ LANGUAGE C VOLATILE STRICT;
  * locked in the outbox first, which waits for the relay's pass to commit,
  * and then looked up again.  Call it in a short READ COMMITTED transaction
  * of its own.
+ *
+ * XXX: a caller that already holds counter rows of the same key in its
+ * transaction (several acknowledgements in one transaction) can deadlock
+ * with the relay's pass while waiting; PostgreSQL then aborts one of the
+ * two, and a relay pass that is aborted publishes its events again.
+ *
+ * XXX: awaiting_ack keeps no payload or correlation id, so the failed_events
+ * row of a negative acknowledgement (or of a timeout) has no envelope and
+ * cannot be published again from there.
  */
 CREATE FUNCTION messaging.acknowledge_event(
 	event_id uuid, success boolean DEFAULT true, error text DEFAULT NULL)
@@ -259,6 +268,11 @@ AS $$
 		  FROM messaging.event_counters c
 		 WHERE c.bucket >= date_trunc('hour', since)
 		 GROUP BY 1, 2, 3),
+	/*
+	 * XXX: this reads all of awaiting_ack, whose size is bounded by the
+	 * directed publish rate times messaging.ack_timeout.  A per-key count
+	 * kept by the relay would make it constant.
+	 */
 	waiting AS (
 		SELECT coalesce(a.tenant_id, '') AS t, a.source_app AS s,
 			   a.target_app AS g, count(*) AS pending
@@ -291,6 +305,10 @@ COMMENT ON VIEW messaging.communication_matrix IS
  * the part of it that lies within the last sixty minutes; the publish rate
  * compares the relay's running total with the sample _relay_maintenance()
  * took five minutes ago.  Thresholds are described in doc/tracking.md.
+ *
+ * XXX: the publish rate is null until the relay has taken a sample (about
+ * ten seconds after it starts) and covers only the time since then for
+ * the first five minutes.
  */
 CREATE VIEW messaging.sync_health AS
 	WITH workers AS (
