@@ -176,8 +176,9 @@ Datum
 messaging_recent_settle(PG_FUNCTION_ARGS)
 {
 	ArrayType  *ids = PG_GETARG_ARRAYTYPE_P(0);
-	RecentEventStatus status = parse_settle_status(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	char	   *status_name = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	TimestampTz at = PG_GETARG_TIMESTAMPTZ(2);
+	RecentEventStatus status = parse_settle_status(status_name);
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
