@@ -99,6 +99,7 @@ typedef struct RelayEvent
 	int32		attempts;
 	TimestampTz created_at;
 	RelayOutcome outcome;
+	bool		confirmed;		/* the broker's ack or nack has arrived */
 	char	   *error;
 } RelayEvent;
 
@@ -109,7 +110,7 @@ typedef struct RelayPass
 	int			nevents;		/* events read (and published) */
 	int			capacity;
 	uint64		first_tag;		/* delivery tag of events[0] */
-	int			unconfirmed;	/* events still RELAY_INFLIGHT */
+	int			unconfirmed;	/* published events not yet acked or nacked */
 	int			low;			/* no event below this one is in flight */
 	int			recorded;		/* events below this one are recorded */
 	bool		broken;			/* connection lost during the pass */
@@ -247,15 +248,21 @@ event_for_tag(RelayPass *pass, uint64 tag)
 	return &pass->events[tag - pass->first_tag];
 }
 
+/*
+ * Applies the broker's ack or nack to one event.  A returned event is
+ * acked too (the return comes first) and stays returned; a nack outranks
+ * both.
+ */
 static void
 settle(RelayPass *pass, RelayEvent *ev, bool ack)
 {
-	if (ev->outcome != RELAY_INFLIGHT && ev->outcome != RELAY_RETURNED)
+	if (ev->confirmed)
 		return;
-	if (ev->outcome == RELAY_INFLIGHT)
-		ev->outcome = ack ? RELAY_ACKED : RELAY_NACKED;
-	else if (!ack)
-		ev->outcome = RELAY_NACKED; /* a nack outranks a return */
+	ev->confirmed = true;
+	if (!ack)
+		ev->outcome = RELAY_NACKED;
+	else if (ev->outcome == RELAY_INFLIGHT)
+		ev->outcome = RELAY_ACKED;
 	pass->unconfirmed--;
 }
 
@@ -267,10 +274,7 @@ handle_confirm(RelayPass *pass, uint64 tag, bool multiple, bool ack)
 	{
 		while (pass->low < pass->nevents &&
 			   pass->first_tag + pass->low <= tag)
-		{
-			settle(pass, &pass->events[pass->low], ack);
-			pass->low++;
-		}
+			settle(pass, &pass->events[pass->low++], ack);
 	}
 	else
 	{
@@ -278,11 +282,9 @@ handle_confirm(RelayPass *pass, uint64 tag, bool multiple, bool ack)
 
 		if (ev != NULL)
 			settle(pass, ev, ack);
-		while (pass->low < pass->nevents &&
-			   pass->events[pass->low].outcome != RELAY_INFLIGHT &&
-			   pass->events[pass->low].outcome != RELAY_RETURNED)
-			pass->low++;
 	}
+	while (pass->low < pass->nevents && pass->events[pass->low].confirmed)
+		pass->low++;
 }
 
 /*
@@ -317,7 +319,7 @@ handle_return(RelayPass *pass, const amqp_frame_t *frame)
 			RelayEvent *ev = &pass->events[i];
 			char		idbuf[UUID_LEN * 2 + 5];
 
-			if (ev->outcome != RELAY_INFLIGHT)
+			if (ev->outcome != RELAY_INFLIGHT || ev->confirmed)
 				continue;
 			messaging_format_uuid(&ev->id, idbuf);
 			if (strcmp(idbuf, message_id) == 0)
