@@ -268,6 +268,17 @@ is($cleaned, 't', 'cleanup returns the number of rows it removed');
 is(sql("SELECT count(*) FROM messaging.failed_events"), '0', 'failures gone');
 is(sql("SELECT count(*) FROM messaging.delivered_events"), '0', 'audit rows gone');
 
+# successes stay visible only while the record of recent events (1000
+# entries here) holds them
+my $last_bulk = sql(q{SELECT max(messaging.publish_event('bulk.event', '{}', NULL, 'acme')::text)
+	FROM generate_series(1, 1000)});
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
+	'a thousand broadcasts published');
+is(status($last_bulk), 'delivered', 'the newest success is remembered');
+is(status($directed), 'unknown', 'an old acknowledged event is no longer known');
+is(status($broadcast), 'unknown', 'an old broadcast is no longer known');
+is(rows_for($directed) + rows_for($broadcast), 0, 'and neither left a row');
+
 # the broker goes away: unhealthy
 $mq->stop;
 ok($node->poll_query_until('postgres',
