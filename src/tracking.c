@@ -101,9 +101,9 @@ tracking_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 
 			/*
-			 * A prepared transaction may commit in another session, which
-			 * knows nothing of this list; the ring then keeps the older
-			 * status, and the tables still answer correctly.
+			 * XXX: a prepared transaction may commit in another session,
+			 * which knows nothing of this list; the ring then keeps the
+			 * older status, and only the tables answer correctly.
 			 */
 			pending_settles = NIL;
 			break;
