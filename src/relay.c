@@ -1076,6 +1076,8 @@ messaging_relay_main(Datum main_arg)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
+	/* a broker that drops a TLS connection must not kill the worker */
+	pqsignal(SIGPIPE, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
 
 	memset(&conn, 0, sizeof(conn));

@@ -78,7 +78,8 @@ sub _pick_broker_port
 
 Starts a scratch RabbitMQ node and returns a MessagingTest::Broker.
 Options: port (default: a free one), dir (default: a new temporary
-directory of the test), wait_seconds (default 60).
+directory of the test), wait_seconds (default 60), extra_conf (text
+appended to the node's rabbitmq.conf, e.g. a TLS listener).
 
 =cut
 
@@ -87,6 +88,13 @@ sub start_broker
 	my (%opts) = @_;
 	my $port = $opts{port} // _pick_broker_port();
 	my $dir = $opts{dir} // PostgreSQL::Test::Utils::tempdir('rabbitmq');
+	if (defined $opts{extra_conf})
+	{
+		# appended to the node's rabbitmq.conf by rabbitmq.sh
+		open(my $fh, '>', "$dir/extra.conf") or die "extra.conf: $!";
+		print $fh $opts{extra_conf};
+		close($fh);
+	}
 	my $self = bless {
 		port => $port,
 		dir => $dir,

@@ -17,6 +17,8 @@
 #                    cookie), mnesia/ (durable queues, persistent messages),
 #                    log/ and the pid file. Starting again with the same
 #                    MQ_DIR recovers the previous state.
+#                    A file extra.conf in MQ_DIR, when present, is appended
+#                    to rabbitmq.conf (tests add a TLS listener this way).
 #   MQ_PORT          AMQP port on 127.0.0.1 (default: the port of the last
 #                    start in MQ_DIR, else 5789; at most 43525)
 #   MQ_DIST_PORT     Erlang distribution port (default MQ_PORT+20000)
@@ -71,6 +73,10 @@ log.console = false
 log.file = rabbit.log
 log.file.level = info
 CONF
+    # Settings a test adds (for example a TLS listener) go in extra.conf.
+    if [ -s "$MQ_DIR/extra.conf" ]; then
+        cat "$MQ_DIR/extra.conf" >> "$MQ_DIR/rabbitmq.conf"
+    fi
     export HOME="$MQ_DIR/home"
     export RABBITMQ_CONF_ENV_FILE="$MQ_DIR/rabbitmq-env.conf"
     export RABBITMQ_CONFIG_FILE="$MQ_DIR/rabbitmq.conf"
