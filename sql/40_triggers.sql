@@ -1,7 +1,9 @@
 -- Row-change events from triggers: payload shapes, change detection,
 -- options, truncate, row and statement forms, rollback, bad arguments.
 -- No broker is reachable, so events stay in messaging.outbox.
+SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS messaging;
+RESET client_min_messages;
 SET timezone = 'UTC';
 SET extra_float_digits = 0;
 \set VERBOSITY default
@@ -56,6 +58,42 @@ SELECT count(*) AS events, count(DISTINCT payload) AS distinct_payloads
 -- and exactly as to_jsonb() does
 SELECT bool_and(o.payload = to_jsonb(r) - 'pw') AS same_as_to_jsonb
   FROM messaging.outbox o JOIN trg_row r ON (o.payload->>'id')::bigint = r.id;
+TRUNCATE messaging.outbox;
+
+-- the types rendered without to_jsonb(), and some that go through it,
+-- match to_jsonb() in both forms: NaN and infinities are strings
+CREATE DOMAIN trg_code AS text CHECK (VALUE <> '');
+CREATE TABLE trg_types (
+	id int2 PRIMARY KEY, i4 int4, i8 int8, vc varchar(5), ch char(4),
+	ok boolean, d date, ts timestamp, tstz timestamptz, num numeric,
+	f8 float8, f4 real, code trg_code, jb jsonb, jbs jsonb, j json, u uuid
+);
+CREATE TABLE trg_types_row (LIKE trg_types INCLUDING ALL);
+SELECT messaging.create_event_trigger('trg_types', 'kind');
+SELECT messaging.create_event_trigger('trg_types_row', 'kind', for_each_row => true);
+CREATE FUNCTION trg_fill_types(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	EXECUTE format($q$
+		INSERT INTO %s VALUES
+		(1, -2147483648, 9223372036854775807, 'ab"c', 'x', true, '2026-02-03',
+		 '2026-02-03 04:05:06.5', '2026-02-03 04:05:06.5+02', 'NaN', 1.5e20,
+		 0.1, 'c-1', '{"b": [true, null]}', '"scalar"', '[1, "two"]',
+		 '00000000-0000-7000-8000-000000000001'),
+		(2, 0, -1, '', '', false, 'infinity', '-infinity', 'infinity',
+		 'Infinity', 'NaN', '-Infinity', 'é', '12.50', 'null', '"s"', NULL),
+		(3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '-Infinity',
+		 NULL, NULL, NULL, NULL, NULL, NULL, NULL)$q$, tbl);
+END
+$$;
+SELECT trg_fill_types('trg_types');
+SELECT trg_fill_types('trg_types_row');
+SELECT event_type, payload FROM messaging.outbox ORDER BY id;
+SELECT count(*) AS events, count(DISTINCT payload) AS distinct_payloads,
+	   bool_and(o.payload = to_jsonb(r)) AS same_as_to_jsonb
+  FROM messaging.outbox o JOIN trg_types r ON (o.payload->>'id')::int2 = r.id;
+DROP TABLE trg_types, trg_types_row;
+DROP FUNCTION trg_fill_types(regclass);
+DROP DOMAIN trg_code;
 TRUNCATE messaging.outbox;
 
 -- an update: new row, old values of changed columns, changed list

@@ -30,7 +30,9 @@
 #include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "catalog/index.h"
+#include "access/xact.h"
 #include "executor/executor.h"
+#include "executor/tuptable.h"
 #include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -146,6 +148,18 @@ outbox_insert_indexes(Relation rel, HeapTuple tuple, Datum *values,
 	}
 }
 
+/* Refuses an outbox whose columns are not those of outbox.h. */
+static void
+outbox_check_columns(Relation rel)
+{
+	if (RelationGetDescr(rel)->natts != Natts_outbox)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("relation \"messaging.outbox\" has %d columns, expected %d",
+						RelationGetDescr(rel)->natts, Natts_outbox),
+				 errhint("Update the extension with ALTER EXTENSION messaging UPDATE.")));
+}
+
 void
 messaging_outbox_insert(const OutboxEvent *ev)
 {
@@ -183,6 +197,156 @@ messaging_outbox_insert(const OutboxEvent *ev)
 	outbox_insert_indexes(rel, tuple, values, nulls);
 
 	heap_freetuple(tuple);
+	table_close(rel, NoLock);
+
+	messaging_note_outbox_write();
+}
+
+/*
+ * The text datum of s, reusing the previous event's when the caller passed
+ * the same string (events of one statement share type, target and source).
+ */
+static Datum
+outbox_text(const char *s, const char **last_s, Datum *last_d, bool *isnull)
+{
+	*isnull = (s == NULL);
+	if (s == NULL)
+		return (Datum) 0;
+	if (s != *last_s)
+	{
+		*last_s = s;
+		*last_d = CStringGetTextDatum(s);
+	}
+	return *last_d;
+}
+
+/*
+ * Inserts n events at once: the heap rows with heap_multi_insert (one WAL
+ * record per page rather than per row), then each plain-column index with
+ * its IndexInfo built once for the batch.  Indexes with expressions or a
+ * predicate go through the executor's general path, row by row.  Used by
+ * the statement-level triggers; the caller bounds n to keep the batch's
+ * memory small.
+ */
+void
+messaging_outbox_insert_many(const OutboxEvent *evs, int n)
+{
+	Relation	rel;
+	TupleDesc	desc;
+	TupleTableSlot **slots;
+	Datum	  (*values)[Natts_outbox];
+	bool	  (*nulls)[Natts_outbox];
+	const char *last_s[3] = {NULL, NULL, NULL};
+	Datum		last_d[3] = {0, 0, 0};
+	List	   *indexes;
+	ListCell   *lc;
+	bool		general = false;
+	int			i;
+
+	if (n <= 0)
+		return;
+
+	rel = table_open(messaging_outbox_relid(), RowExclusiveLock);
+	outbox_check_columns(rel);
+	/* an unreferenced copy spares the resource owner a pin per slot */
+	desc = CreateTupleDescCopy(RelationGetDescr(rel));
+
+	slots = palloc(sizeof(TupleTableSlot *) * n);
+	values = palloc(sizeof(*values) * n);
+	nulls = palloc(sizeof(*nulls) * n);
+	for (i = 0; i < n; i++)
+	{
+		const OutboxEvent *ev = &evs[i];
+		Datum	   *v = values[i];
+		bool	   *nl = nulls[i];
+		bool		dummy;
+
+		memset(nl, false, sizeof(nulls[i]));
+		v[Anum_outbox_id - 1] = UUIDPGetDatum(&ev->id);
+		v[Anum_outbox_event_type - 1] =
+			outbox_text(ev->event_type, &last_s[0], &last_d[0], &dummy);
+		v[Anum_outbox_payload - 1] = ev->payload;
+		v[Anum_outbox_target_app - 1] =
+			outbox_text(ev->target_app, &last_s[1], &last_d[1],
+						&nl[Anum_outbox_target_app - 1]);
+		v[Anum_outbox_tenant_id - 1] =
+			cstring_datum_or_null(ev->tenant_id, &nl[Anum_outbox_tenant_id - 1]);
+		v[Anum_outbox_source_app - 1] =
+			outbox_text(ev->source_app, &last_s[2], &last_d[2], &dummy);
+		v[Anum_outbox_correlation_id - 1] =
+			cstring_datum_or_null(ev->correlation_id,
+								  &nl[Anum_outbox_correlation_id - 1]);
+		v[Anum_outbox_created_at - 1] = TimestampTzGetDatum(ev->created_at);
+		v[Anum_outbox_attempts - 1] = Int32GetDatum(0);
+		nl[Anum_outbox_last_error - 1] = true;
+
+		slots[i] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+		ExecStoreHeapTuple(heap_form_tuple(desc, v, nl), slots[i], true);
+	}
+
+	heap_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, NULL);
+
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
+		IndexInfo  *info = BuildIndexInfo(index);
+		Datum		ivalues[INDEX_MAX_KEYS];
+		bool		inulls[INDEX_MAX_KEYS];
+		int			k;
+
+		if (!info->ii_ReadyForInserts || !is_plain_index(index, info))
+		{
+			general = general || info->ii_ReadyForInserts;
+			index_close(index, NoLock);
+			continue;
+		}
+		for (i = 0; i < n; i++)
+		{
+			for (k = 0; k < info->ii_NumIndexAttrs; k++)
+			{
+				AttrNumber	attno = info->ii_IndexAttrNumbers[k];
+
+				ivalues[k] = values[i][attno - 1];
+				inulls[k] = nulls[i][attno - 1];
+			}
+			(void) index_insert(index, ivalues, inulls, &slots[i]->tts_tid, rel,
+								info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+								false, info);
+		}
+		index_close(index, NoLock);
+	}
+	list_free(indexes);
+
+	if (general)
+	{
+		EState	   *estate = CreateExecutorState();
+		ResultRelInfo *rri = makeNode(ResultRelInfo);
+
+		InitResultRelInfo(rri, rel, 1, NULL, 0);
+		ExecOpenIndices(rri, false);
+		for (i = 0; i < rri->ri_NumIndices; i++)
+		{
+			IndexInfo  *info = rri->ri_IndexRelationInfo[i];
+
+			if (is_plain_index(rri->ri_IndexRelationDescs[i], info))
+				info->ii_ReadyForInserts = false;
+		}
+		for (i = 0; i < n; i++)
+		{
+			ResetPerTupleExprContext(estate);
+			(void) messaging_insert_index_tuples(rri, slots[i], estate);
+		}
+		ExecCloseIndices(rri);
+		FreeExecutorState(estate);
+	}
+
+	for (i = 0; i < n; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	pfree(slots);
+	pfree(values);
+	pfree(nulls);
+	FreeTupleDesc(desc);
 	table_close(rel, NoLock);
 
 	messaging_note_outbox_write();

@@ -44,5 +44,6 @@ typedef struct OutboxEvent
 
 extern Oid	messaging_outbox_relid(void);
 extern void messaging_outbox_insert(const OutboxEvent *ev);
+extern void messaging_outbox_insert_many(const OutboxEvent *evs, int n);
 
 #endif							/* MESSAGING_OUTBOX_H */

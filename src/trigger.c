@@ -7,10 +7,11 @@
  *
  *	- FOR EACH ROW: each changed row becomes one event, written with the
  *	  direct outbox insert (outbox.c);
- *	- FOR EACH STATEMENT with transition tables: the rows of the statement
- *	  become events in one set-based INSERT ... SELECT into messaging.outbox,
- *	  run through SPI with a plan kept per trigger.  For UPDATE, old and new
- *	  rows are paired by primary key.
+ *	- FOR EACH STATEMENT with transition tables: for INSERT and DELETE the
+ *	  rows of the transition table are read here and written to the outbox
+ *	  in batches (heap_multi_insert, outbox.c); for UPDATE, one set-based
+ *	  INSERT ... SELECT into messaging.outbox pairs old and new rows by
+ *	  primary key, run through SPI with a plan kept per trigger.
  *
  * A TRUNCATE statement trigger emits one "<entity>.truncated" event.
  *
@@ -29,9 +30,11 @@
  * and for an update {"new": <new row>, "old": <old values of the changed
  * columns>, "changed": [<changed column names, in column order>]}.  A column
  * has changed when its JSON value differs (jsonb equality), so both forms
- * agree; an update that changes no column emits nothing.  Both forms render
- * rows with the server's own to_jsonb(), the row form by calling it on a
- * record made of the kept columns.
+ * agree; an update that changes no column emits nothing.  Rows are
+ * rendered here exactly as the server's to_jsonb() renders them: text,
+ * integer, numeric, boolean and date/time columns directly, any other type
+ * through to_jsonb() of the single value; the statement UPDATE's SQL calls
+ * to_jsonb() itself.
  *
  * The parsed arguments of each trigger are cached in a backend-local hash
  * keyed by trigger OID.  A relcache invalidation of the trigger's table
@@ -73,6 +76,7 @@
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -85,9 +89,11 @@
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -129,6 +135,22 @@ typedef enum TrgOp
 } TrgOp;
 
 /*
+ * How a column's values become JSON.  Types to_jsonb() renders in a way
+ * that is simple to reproduce are rendered here directly; any other type
+ * (domains, arrays, composites, json, jsonb, floats, ...) goes through the
+ * server's to_jsonb() for that one value.
+ */
+typedef enum TrgColKind
+{
+	TRG_COL_TEXT,				/* text, varchar, bpchar: the string */
+	TRG_COL_INT,				/* int2, int4, int8: a number */
+	TRG_COL_NUMERIC,			/* a number; NaN and infinities as strings */
+	TRG_COL_BOOL,
+	TRG_COL_DATETIME,			/* date, timestamp, timestamptz: ISO 8601 */
+	TRG_COL_OTHER				/* to_jsonb() of the value */
+} TrgColKind;
+
+/*
  * What one trigger's arguments say, resolved against its table.  Lives in
  * its own memory context under CacheMemoryContext.
  */
@@ -156,8 +178,10 @@ typedef struct TrgArgs
 	int			nwatched;
 	int			nexcluded;
 	char	  **excluded_names;
-	TupleDesc	kept_desc;		/* blessed record type of those columns */
-	FmgrInfo	to_jsonb;		/* to_jsonb(record) */
+	int		   *kept_name_lens;
+	TrgColKind *kept_kinds;		/* how each is rendered */
+	FmgrInfo   *kept_to_jsonb;	/* to_jsonb(<column type>), TRG_COL_OTHER */
+	TupleDesc	kept_desc;		/* the kept columns' attributes */
 
 	/* Statement form only: plans, built at first use. */
 	SPIPlanPtr	plans[TRG_NUM_OPS];
@@ -320,6 +344,33 @@ trg_parse_column_list(const char *option, const char *list, TupleDesc desc,
 	}
 	pfree(copy);
 	return n;
+}
+
+/* How values of a column of the given type are rendered. */
+static TrgColKind
+trg_column_kind(Oid type)
+{
+	switch (type)
+	{
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+			return TRG_COL_TEXT;
+		case INT2OID:
+		case INT4OID:
+		case INT8OID:
+			return TRG_COL_INT;
+		case NUMERICOID:
+			return TRG_COL_NUMERIC;
+		case BOOLOID:
+			return TRG_COL_BOOL;
+		case DATEOID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+			return TRG_COL_DATETIME;
+		default:
+			return TRG_COL_OTHER;
+	}
 }
 
 /*
@@ -501,13 +552,24 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 	a->kept_desc = CreateTemplateTupleDesc(a->nkept);
 	for (i = 0; i < a->nkept; i++)
 		TupleDescCopyEntry(a->kept_desc, i + 1, desc, a->kept_attnums[i]);
-	BlessTupleDesc(a->kept_desc);
 
-	fmgr_info_cxt(F_TO_JSONB, &a->to_jsonb, cxt);
-	a->to_jsonb.fn_expr = (Node *)
-		makeFuncExpr(F_TO_JSONB, JSONBOID,
-					 list_make1(makeNullConst(RECORDOID, -1, InvalidOid)),
-					 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+	a->kept_name_lens = palloc(sizeof(int) * Max(a->nkept, 1));
+	a->kept_kinds = palloc(sizeof(TrgColKind) * Max(a->nkept, 1));
+	a->kept_to_jsonb = palloc0(sizeof(FmgrInfo) * Max(a->nkept, 1));
+	for (i = 0; i < a->nkept; i++)
+	{
+		Oid			type = TupleDescAttr(a->kept_desc, i)->atttypid;
+
+		a->kept_name_lens[i] = strlen(a->kept_names[i]);
+		a->kept_kinds[i] = trg_column_kind(type);
+		if (a->kept_kinds[i] != TRG_COL_OTHER)
+			continue;
+		fmgr_info_cxt(F_TO_JSONB, &a->kept_to_jsonb[i], cxt);
+		a->kept_to_jsonb[i].fn_expr = (Node *)
+			makeFuncExpr(F_TO_JSONB, JSONBOID,
+						 list_make1(makeNullConst(type, -1, InvalidOid)),
+						 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+	}
 
 	if (need_pkey)
 	{
@@ -574,24 +636,115 @@ trg_error_callback(void *arg)
 			   a->trigger_name, a->table_name);
 }
 
-/* to_jsonb() of the kept columns of the row in slot. */
+/* Sets v to the string s of length len. */
+static inline void
+trg_string_value(JsonbValue *v, char *s, int len)
+{
+	v->type = jbvString;
+	v->val.string.val = s;
+	v->val.string.len = len;
+}
+
+/*
+ * One column value as a JSON value, exactly as to_jsonb() of the row would
+ * render it.
+ */
+static void
+trg_column_value(TrgArgs *a, int i, Datum value, JsonbValue *v)
+{
+	switch (a->kept_kinds[i])
+	{
+		case TRG_COL_TEXT:
+			{
+				text	   *t = DatumGetTextPP(value);
+
+				trg_string_value(v, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+				break;
+			}
+		case TRG_COL_INT:
+			{
+				Oid			type = TupleDescAttr(a->kept_desc, i)->atttypid;
+				int64		n = type == INT2OID ? DatumGetInt16(value) :
+				type == INT4OID ? DatumGetInt32(value) : DatumGetInt64(value);
+
+				v->type = jbvNumeric;
+				v->val.numeric = int64_to_numeric(n);
+				break;
+			}
+		case TRG_COL_NUMERIC:
+			{
+				Numeric		n = DatumGetNumeric(value);
+
+				if (numeric_is_nan(n) || numeric_is_inf(n))
+				{
+					char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out,
+																		NumericGetDatum(n)));
+
+					trg_string_value(v, s, strlen(s));
+				}
+				else
+				{
+					v->type = jbvNumeric;
+					v->val.numeric = n;
+				}
+				break;
+			}
+		case TRG_COL_BOOL:
+			v->type = jbvBool;
+			v->val.boolean = DatumGetBool(value);
+			break;
+		case TRG_COL_DATETIME:
+			{
+				char	   *s = JsonEncodeDateTime(NULL, value,
+												   TupleDescAttr(a->kept_desc, i)->atttypid,
+												   NULL);
+
+				trg_string_value(v, s, strlen(s));
+				break;
+			}
+		case TRG_COL_OTHER:
+			{
+				Jsonb	   *j = DatumGetJsonbP(FunctionCall1(&a->kept_to_jsonb[i],
+															 value));
+
+				if (!JsonbExtractScalar(&j->root, v))
+				{
+					v->type = jbvBinary;
+					v->val.binary.data = &j->root;
+					v->val.binary.len = VARSIZE(j) - VARHDRSZ;
+				}
+				break;
+			}
+	}
+}
+
+/*
+ * The kept columns of the row in slot as a jsonb object: what to_jsonb()
+ * of a record of those columns returns, built without the record.
+ */
 static Jsonb *
 trg_row_jsonb(TrgArgs *a, TupleTableSlot *slot)
 {
-	Datum	   *values = palloc(sizeof(Datum) * Max(a->nkept, 1));
-	bool	   *nulls = palloc(sizeof(bool) * Max(a->nkept, 1));
-	HeapTuple	tuple;
+	JsonbParseState *st = NULL;
+	JsonbValue	k;
+	JsonbValue	v;
 	int			i;
 
 	slot_getallattrs(slot);
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
 	for (i = 0; i < a->nkept; i++)
 	{
-		values[i] = slot->tts_values[a->kept_attnums[i] - 1];
-		nulls[i] = slot->tts_isnull[a->kept_attnums[i] - 1];
+		int			att = a->kept_attnums[i] - 1;
+
+		trg_string_value(&k, a->kept_names[i], a->kept_name_lens[i]);
+		pushJsonbValue(&st, WJB_KEY, &k);
+		if (slot->tts_isnull[att])
+			v.type = jbvNull;
+		else
+			trg_column_value(a, i, slot->tts_values[att], &v);
+		pushJsonbValue(&st, WJB_VALUE, &v);
 	}
-	tuple = heap_form_tuple(a->kept_desc, values, nulls);
-	return DatumGetJsonbP(FunctionCall1(&a->to_jsonb,
-										HeapTupleGetDatum(tuple)));
+	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 }
 
 /* Tenant id text of a value of the given type, checked. */
@@ -1026,6 +1179,76 @@ trg_outbox_owner(void)
 	return owner;
 }
 
+/* Events the statement form hands to the outbox at a time. */
+#define TRG_BATCH_SIZE	1000
+
+/*
+ * The statement form of INSERT and DELETE: one event per row of the
+ * transition table, written in batches with the multi-row outbox insert.
+ * Every event of the statement has the same time; the ids keep the order
+ * of the rows.
+ */
+static void
+trg_fire_rows(TriggerData *td, TrgArgs *a, Tuplestorestate *rows,
+			  const char *event_type)
+{
+	MemoryContext batch_cxt;
+	MemoryContext old;
+	TupleTableSlot *slot;
+	OutboxEvent *evs;
+	TimestampTz now = GetCurrentTimestamp();
+	int			readptr;
+	int			n = 0;
+
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext,
+									  "messaging event batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation),
+									&TTSOpsMinimalTuple);
+	evs = palloc(sizeof(OutboxEvent) * TRG_BATCH_SIZE);
+
+	/* a read pointer of our own leaves the others where they are */
+	readptr = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
+	tuplestore_select_read_pointer(rows, readptr);
+	tuplestore_rescan(rows);
+
+	/*
+	 * Rows read back from a spilled tuplestore belong to the slot, so they
+	 * are fetched outside the batch's context, which is reset.
+	 */
+	while (tuplestore_gettupleslot(rows, true, false, slot))
+	{
+		OutboxEvent *ev = &evs[n];
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(batch_cxt);
+		ev->event_type = event_type;
+		ev->payload = JsonbPGetDatum(trg_row_jsonb(a, slot));
+		messaging_check_payload_size(ev->payload, "payload");
+		ev->target_app = a->target_app;
+		ev->tenant_id = trg_row_tenant(a, slot);
+		ev->source_app = messaging_app_name;
+		ev->correlation_id = NULL;
+		ev->created_at = now;
+		messaging_uuid7_generate(now, &ev->id);
+		if (++n == TRG_BATCH_SIZE)
+		{
+			messaging_outbox_insert_many(evs, n);
+			n = 0;
+		}
+		MemoryContextSwitchTo(old);
+		if (n == 0)
+			MemoryContextReset(batch_cxt);
+	}
+	if (n > 0)
+		messaging_outbox_insert_many(evs, n);
+
+	tuplestore_select_read_pointer(rows, 0);
+	ExecDropSingleTupleTableSlot(slot);
+	pfree(evs);
+	MemoryContextDelete(batch_cxt);
+}
+
 static void
 trg_fire_statement(TriggerData *td, TrgArgs *a)
 {
@@ -1075,6 +1298,17 @@ trg_fire_statement(TriggerData *td, TrgArgs *a)
 	if (tuplestore_tuple_count(rows) == 0 &&
 		(op != TRG_OP_UPDATE || tuplestore_tuple_count(td->tg_oldtable) == 0))
 		return;
+
+	if (op == TRG_OP_INSERT)
+	{
+		trg_fire_rows(td, a, rows, a->type_created);
+		return;
+	}
+	if (op == TRG_OP_DELETE)
+	{
+		trg_fire_rows(td, a, rows, a->type_deleted);
+		return;
+	}
 
 	values[0] = CStringGetTextDatum(op == TRG_OP_INSERT ? a->type_created :
 									op == TRG_OP_DELETE ? a->type_deleted :
