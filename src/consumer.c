@@ -175,6 +175,7 @@ static AmqpBackoff backoff;
 static uint64 generation = 0;
 static bool cancelled = false;	/* broker cancelled our consumer */
 static bool logged_failure = false;
+static char logged_error[AMQP_CONN_ERRLEN];	/* last failure logged */
 static bool extension_ready = false;
 static char *topology_key = NULL;	/* settings the topology was made for */
 static List *pending = NIL;		/* of Delivery *, in consumer_context */
@@ -397,6 +398,7 @@ consumer_connect(void)
 	char		name[64];
 	MessagingWorkerStatus *st;
 	bool		reconnect;
+	bool		repeated;
 	MemoryContext old;
 
 	set_state(MSG_CONN_CONNECTING, NULL);
@@ -458,6 +460,7 @@ consumer_connect(void)
 						 "messaging.handler_timeout", "messaging.heartbeat")));
 	amqp_backoff_reset(&backoff);
 	logged_failure = false;
+	logged_error[0] = '\0';
 	set_state(MSG_CONN_CONNECTED, NULL);
 	return true;
 
@@ -466,14 +469,16 @@ fail:
 	amqp_conn_drop(&conn);
 	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
 
-	/* Log the first failure of a series; later ones go to DEBUG1. */
-	ereport(logged_failure ? DEBUG1 : LOG,
+	/* Log each new reason once; repetitions of it go to DEBUG1. */
+	repeated = strcmp(conn.error, logged_error) == 0;
+	ereport(repeated ? DEBUG1 : LOG,
 			(errmsg("messaging consumer could not set up consumption from RabbitMQ at %s:%d",
 					conn.host[0] ? conn.host : "(unknown)", conn.port),
 			 errdetail("%s", conn.error),
-			 logged_failure ? 0 :
+			 repeated ? 0 :
 			 errhint("Messages wait in the broker; the consumer retries with backoff up to \"%s\".",
 					 "messaging.reconnect_max_delay")));
+	strlcpy(logged_error, conn.error, sizeof(logged_error));
 	logged_failure = true;
 	set_state(MSG_CONN_DISCONNECTED, conn.error);
 	return false;
