@@ -2,7 +2,8 @@
 -- Event tracking: status transitions, acknowledgements, the dashboard
 -- views, cleanup and privileges.  The broker is unreachable here, so the
 -- relay never drains the outbox: its passes are simulated by calling
--- messaging._relay_outcome() the way the relay does.
+-- messaging._relay_outcome() and messaging._record_confirmed() the way the
+-- relay does.
 --
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS messaging;
@@ -20,7 +21,7 @@ CREATE FUNCTION t30_pass() RETURNS void LANGUAGE sql AS $$
 		array_agg(ctid ORDER BY id), array_agg(id ORDER BY id),
 		array_agg(CASE target_app WHEN 'nobody' THEN 'unroutable'
 				  WHEN 'full' THEN 'nacked' WHEN 'busy' THEN 'retry'
-				  ELSE 'published' END ORDER BY id),
+				  ELSE 'delivered' END ORDER BY id),
 		array_agg(CASE target_app
 				  WHEN 'nobody' THEN 'broker returned the message: 312 NO_ROUTE'
 				  WHEN 'full' THEN 'broker rejected the message 5 times'
@@ -32,7 +33,21 @@ CREATE FUNCTION t30_pass() RETURNS void LANGUAGE sql AS $$
 		array_agg(CASE WHEN target_app IS NULL THEN ''
 				  ELSE target_app || '.' || event_type END ORDER BY id),
 		array_agg(attempts + 1 ORDER BY id), array_agg(created_at ORDER BY id))
-	FROM messaging.outbox WHERE tenant_id LIKE 't30-%';
+	FROM messaging.outbox
+	WHERE tenant_id LIKE 't30-%'
+	  AND (target_app IN ('nobody', 'full', 'busy')
+		   OR (target_app IS NULL AND current_setting('messaging.track_success')::boolean));
+	SELECT messaging._record_confirmed(
+		array_agg(ctid ORDER BY id), array_agg(id ORDER BY id),
+		array_agg(event_type ORDER BY id), array_agg(target_app ORDER BY id),
+		array_agg(tenant_id ORDER BY id), array_agg(source_app ORDER BY id),
+		array_agg(created_at ORDER BY id))
+	FROM messaging.outbox
+	WHERE tenant_id LIKE 't30-%'
+	  AND target_app IS DISTINCT FROM 'nobody'
+	  AND target_app IS DISTINCT FROM 'full'
+	  AND target_app IS DISTINCT FROM 'busy'
+	HAVING count(*) > 0;
 $$;
 
 -- Compact view of an event's status.

@@ -69,6 +69,8 @@
 #include "amqp_conn.h"
 #include "envelope.h"
 #include "messaging.h"
+#include "outcome.h"
+#include "rowstore.h"
 #include "shmem.h"
 
 /* A pass handles at most this many batches before it commits. */
@@ -619,21 +621,6 @@ publish_row(RelayPass *pass, HeapTuple tup, TupleDesc desc,
 }
 
 static Datum
-build_array(Datum *elems, bool *nulls, int n, Oid elemtype)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
-											  elemtype, typlen, typbyval,
-											  typalign));
-}
-
-static Datum
 text_or_null(const char *s, bool *isnull)
 {
 	*isnull = (s == NULL);
@@ -641,10 +628,45 @@ text_or_null(const char *s, bool *isnull)
 }
 
 /*
- * Hands the settled events pass->recorded .. upto-1 to
- * messaging._relay_outcome(), in the pass's transaction, and adds what
- * left the outbox to *published and *failed.  Called while later messages
- * are still in flight, so that this work overlaps the broker's.
+ * The common case: hands the confirmed events among from .. upto-1 to
+ * messaging_record_confirmed() (src/outcome.c).  Returns how many there
+ * were.
+ */
+static int
+record_published(RelayPass *pass, int from, int upto)
+{
+	ConfirmedEvent *done = palloc(sizeof(ConfirmedEvent) * Max(upto - from, 1));
+	int			n = 0;
+	int			i;
+
+	for (i = from; i < upto; i++)
+	{
+		RelayEvent *ev = &pass->events[i];
+
+		if (ev->outcome != RELAY_ACKED)
+			continue;
+		done[n].ctid = ev->ctid;
+		done[n].id = ev->id;
+		done[n].event_type = ev->event_type;
+		done[n].target_app = ev->target_app;
+		done[n].tenant_id = ev->tenant_id;
+		done[n].source_app = ev->source_app;
+		done[n].created_at = ev->created_at;
+		n++;
+	}
+	messaging_record_confirmed(done, n);
+	pfree(done);
+	return n;
+}
+
+/*
+ * Records the settled events pass->recorded .. upto-1 in the pass's
+ * transaction and adds what left the outbox to *published and *failed.
+ * Confirmed events, nearly all of them, are done in C by
+ * record_published(); the rest (returned, nacked, and confirmed broadcasts
+ * to audit when messaging.track_success is on) go to
+ * messaging._relay_outcome().  Called while later messages are still in
+ * flight, so that this work overlaps the broker's.
  */
 static void
 record_outcomes(RelayPass *pass, int upto, int *published, int *failed)
@@ -671,6 +693,8 @@ record_outcomes(RelayPass *pass, int upto, int *published, int *failed)
 									ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(scratch);
 
+	*published += record_published(pass, pass->recorded, upto);
+
 	for (c = 0; c < 12; c++)
 	{
 		cols[c] = palloc(sizeof(Datum) * count);
@@ -685,8 +709,10 @@ record_outcomes(RelayPass *pass, int upto, int *published, int *failed)
 		switch (ev->outcome)
 		{
 			case RELAY_ACKED:
-				outcome = "published";
-				(*published)++;
+				/* done by record_published(); audited broadcasts only */
+				if (!messaging_track_success || ev->target_app != NULL)
+					continue;
+				outcome = "delivered";
 				break;
 			case RELAY_RETURNED:
 				outcome = "unroutable";
@@ -730,7 +756,7 @@ record_outcomes(RelayPass *pass, int upto, int *published, int *failed)
 	if (n > 0)
 	{
 		for (c = 0; c < 12; c++)
-			args[c] = build_array(cols[c], nulls[c], n, elemtypes[c]);
+			args[c] = messaging_make_array(cols[c], nulls[c], n, elemtypes[c]);
 
 		rc = SPI_execute_plan(outcome_plan, args, NULL, false, 0);
 		if (rc != SPI_OK_SELECT)

@@ -57,9 +57,25 @@ AS 'MODULE_PATHNAME', 'messaging_recent_settle'
 LANGUAGE C VOLATILE STRICT;
 
 /*
- * What the relay calls after a pass, with one array element per settled
- * event.  outcomes: 'published' (confirmed), 'unroutable' (returned),
- * 'nacked' (rejected too often), 'retry' (rejected; try again).
+ * The relay's bookkeeping for confirmed events (src/outcome.c): outbox rows
+ * deleted, directed events into awaiting_ack, counters.  The relay calls
+ * the C code directly; this entry point lets tests simulate its passes.
+ */
+CREATE FUNCTION messaging._record_confirmed(
+	ctids tid[], ids uuid[], event_types text[], target_apps text[],
+	tenant_ids text[], source_apps text[], created_ats timestamptz[])
+RETURNS void
+AS 'MODULE_PATHNAME', 'messaging_record_confirmed_sql'
+LANGUAGE C VOLATILE STRICT;
+
+/*
+ * What the relay calls for the settled events of a pass that are not
+ * plain successes, one array element per event.  Confirmed events are
+ * recorded by the relay itself (src/relay.c: outbox row deleted, directed
+ * events into awaiting_ack, counters).  outcomes: 'unroutable' (returned),
+ * 'nacked' (rejected too often), 'retry' (rejected; try again), and
+ * 'delivered' (a confirmed broadcast, passed only to be audited while
+ * messaging.track_success is on).
  */
 CREATE FUNCTION messaging._relay_outcome(
 	p_ctids tid[], p_ids uuid[], p_outcomes text[], p_errors text[],
@@ -100,6 +116,20 @@ BEGIN
 			SET reason = excluded.reason, error = excluded.error,
 				attempts = f.attempts + excluded.attempts,
 				failed_at = excluded.failed_at;
+
+		DELETE FROM messaging.outbox WHERE ctid = ANY (failed_ctids);
+
+		PERFORM messaging._bump_counters(
+			array_agg(t), array_agg(s), array_agg(g), array_agg(e),
+			array_fill(0::bigint, ARRAY[count(*)::int]),
+			array_fill(0::bigint, ARRAY[count(*)::int]),
+			array_fill(1::bigint, ARRAY[count(*)::int]),
+			array_fill(0::bigint, ARRAY[count(*)::int]),
+			array_fill(0::bigint, ARRAY[count(*)::int]))
+		FROM unnest(p_outcomes, p_event_types, p_target_apps, p_tenant_ids,
+					p_source_apps)
+			AS x(o, e, g, t, s)
+		WHERE o IN ('unroutable', 'nacked');
 	END IF;
 
 	IF retry_ctids IS NOT NULL THEN
@@ -108,43 +138,16 @@ BEGIN
 		 WHERE ctid = ANY (retry_ctids);
 	END IF;
 
-	DELETE FROM messaging.outbox
-	 WHERE ctid = ANY (p_ctids)
-	   AND ctid <> ALL (coalesce(retry_ctids, '{}'));
-
-	INSERT INTO messaging.awaiting_ack
-		(event_id, event_type, source_app, target_app, tenant_id, created_at)
-	SELECT i, e, s, g, t, c
-	FROM unnest(p_ids, p_outcomes, p_event_types, p_source_apps,
-				p_target_apps, p_tenant_ids, p_created_ats) AS x(i, o, e, s, g, t, c)
-	WHERE o = 'published' AND g IS NOT NULL
-	ON CONFLICT (event_id) DO NOTHING;
-
 	/* A confirmed broadcast is done: audit it now if asked to. */
-	IF current_setting('messaging.track_success')::boolean THEN
-		INSERT INTO messaging.delivered_events
-			(event_id, event_type, source_app, target_app, tenant_id, status,
-			 attempts, created_at, published_at)
-		SELECT i, e, s, NULL, t, 'delivered', a, c, now()
-		FROM unnest(p_ids, p_outcomes, p_event_types, p_source_apps,
-					p_target_apps, p_tenant_ids, p_attempts, p_created_ats)
-			AS x(i, o, e, s, g, t, a, c)
-		WHERE o = 'published' AND g IS NULL
-		ON CONFLICT (event_id) DO NOTHING;
-	END IF;
-
-	PERFORM messaging._bump_counters(
-		array_agg(t), array_agg(s), array_agg(g), array_agg(e),
-		array_agg(CASE WHEN o = 'published' THEN 1 ELSE 0 END::bigint),
-		array_agg(CASE WHEN o = 'published' AND g IS NULL THEN 1 ELSE 0 END::bigint),
-		array_agg(CASE WHEN o IN ('unroutable', 'nacked') THEN 1 ELSE 0 END::bigint),
-		array_fill(0::bigint, ARRAY[count(*)::int]),
-		array_fill(0::bigint, ARRAY[count(*)::int]))
-	FROM unnest(p_outcomes, p_event_types, p_target_apps, p_tenant_ids,
-				p_source_apps)
-		AS x(o, e, g, t, s)
-	WHERE o <> 'retry'
-	HAVING count(*) > 0;
+	INSERT INTO messaging.delivered_events
+		(event_id, event_type, source_app, target_app, tenant_id, status,
+		 attempts, created_at, published_at)
+	SELECT i, e, s, NULL, t, 'delivered', a, c, now()
+	FROM unnest(p_ids, p_outcomes, p_event_types, p_source_apps,
+				p_tenant_ids, p_attempts, p_created_ats)
+		AS x(i, o, e, s, t, a, c)
+	WHERE o = 'delivered'
+	ON CONFLICT (event_id) DO NOTHING;
 END
 $$;
 
