@@ -63,6 +63,8 @@ log() { echo "bench: $*" >&2; }
 
 # shellcheck source=bench/pg.sh
 . "$BENCH_DIR/pg.sh"
+# shellcheck source=bench/trigger.sh
+. "$BENCH_DIR/trigger.sh"
 
 # ---------------------------------------------------------------------
 # Result recording
@@ -233,11 +235,12 @@ bench_single_txn()
 	pg_bench_single_txn
 }
 
-# Cost of the outbox trigger on the application table's write path.
+# Cost of emit_event() on the application table's write path: a
+# BENCH_TRIGGER_ROWS-row INSERT without trigger, with the statement form
+# and with the row form (bench/trigger.sh).
 bench_trigger()
 {
-	log "bench_trigger: not yet measured"
-	record "trigger overhead" "-" "%" "not yet measured"
+	pg_bench_trigger
 }
 
 # ---------------------------------------------------------------------
