@@ -48,6 +48,7 @@
 
 #include "amqp_conn.h"
 #include "messaging.h"
+#include "shmem.h"
 
 static void
 ms_to_timeval(long ms, struct timeval *tv)
@@ -336,6 +337,37 @@ amqp_url_endpoint(const char *url, char *host, size_t hostlen, int *port)
 	explicit_bzero(copy, strlen(url));
 	pfree(copy);
 	return ok;
+}
+
+/*
+ * Reports a worker's connection state, and the error that led to it if
+ * any, in its status block for the connection_status view.  Before a
+ * connection exists, the broker named by messaging.broker_url is shown.
+ */
+void
+amqp_conn_report(AmqpConn *c, MessagingWorkerKind kind,
+				 MessagingConnState state, const char *error)
+{
+	MessagingWorkerStatus *st;
+
+	if (c->state == NULL)
+		(void) amqp_url_endpoint(messaging_broker_url, c->host,
+								 sizeof(c->host), &c->port);
+
+	st = messaging_status_begin(kind);
+	st->state = state;
+	strlcpy(st->host, c->host, sizeof(st->host));
+	st->port = c->port;
+	if (state == MSG_CONN_CONNECTED && st->connected_since == 0)
+		st->connected_since = GetCurrentTimestamp();
+	else if (state == MSG_CONN_DISCONNECTED || state == MSG_CONN_CONNECTING)
+		st->connected_since = 0;
+	if (error != NULL)
+	{
+		strlcpy(st->last_error, error, sizeof(st->last_error));
+		st->last_error_at = GetCurrentTimestamp();
+	}
+	messaging_status_end();
 }
 
 /*

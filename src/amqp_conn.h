@@ -18,6 +18,8 @@
 
 #include "utils/timestamp.h"
 
+#include "shmem.h"
+
 #define AMQP_CONN_ERRLEN	512
 
 typedef struct AmqpConn
@@ -44,6 +46,8 @@ typedef struct AmqpBackoff
 extern bool amqp_conn_open(AmqpConn *c, const char *url, const char *ca_file,
 						   const char *connection_name);
 extern void amqp_conn_close(AmqpConn *c);
+extern void amqp_conn_report(AmqpConn *c, MessagingWorkerKind kind,
+							 MessagingConnState state, const char *error);
 extern bool amqp_url_endpoint(const char *url, char *host, size_t hostlen,
 							  int *port);
 extern void amqp_conn_drop(AmqpConn *c);

@@ -219,27 +219,7 @@ messaging_consumer_define_settings(void)
 static void
 set_state(MessagingConnState state, const char *error)
 {
-	MessagingWorkerStatus *st;
-
-	/* report the configured broker even before the first connection */
-	if (conn.state == NULL)
-		(void) amqp_url_endpoint(messaging_broker_url, conn.host,
-								 sizeof(conn.host), &conn.port);
-
-	st = messaging_status_begin(MSG_WORKER_CONSUMER);
-	st->state = state;
-	strlcpy(st->host, conn.host, sizeof(st->host));
-	st->port = conn.port;
-	if (state == MSG_CONN_CONNECTED && st->connected_since == 0)
-		st->connected_since = GetCurrentTimestamp();
-	else if (state == MSG_CONN_DISCONNECTED || state == MSG_CONN_CONNECTING)
-		st->connected_since = 0;
-	if (error != NULL)
-	{
-		strlcpy(st->last_error, error, sizeof(st->last_error));
-		st->last_error_at = GetCurrentTimestamp();
-	}
-	messaging_status_end();
+	amqp_conn_report(&conn, MSG_WORKER_CONSUMER, state, error);
 }
 
 static void
