@@ -20,6 +20,12 @@
  *	  for the server log and the connection_status view.  The broker URL's
  *	  password is never copied anywhere.
  *
+ *	- a write into a full socket buffer (a frozen broker, a dead peer that
+ *	  sends no reset) would block inside rabbitmq-c with no deadline: such
+ *	  writes run "guarded", and the worker's SIGTERM handler, or a
+ *	  once-a-second watchdog after messaging.confirm_timeout, shuts the
+ *	  socket down so that the write fails and the worker goes on (or ends);
+ *
  * The login advertises the capabilities "connection.blocked" (to learn of
  * broker resource alarms) and "consumer_cancel_notify" (to learn that a
  * consumed queue was deleted); without them the broker tells nothing.
@@ -40,15 +46,28 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <sys/socket.h>
+
 #include "common/pg_prng.h"
 #include "miscadmin.h"
 #include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/timeout.h"
 #include "utils/memutils.h"
 #include "utils/wait_event.h"
 
 #include "amqp_conn.h"
 #include "messaging.h"
 #include "shmem.h"
+
+/*
+ * The socket of a guarded write in progress, and when it began; read by
+ * signal handlers.
+ */
+static volatile sig_atomic_t guarded_fd = -1;
+static volatile TimestampTz guarded_since = 0;
+static TimeoutId watchdog_timeout;
+static bool watchdog_registered = false;
 
 static void
 ms_to_timeval(long ms, struct timeval *tv)
@@ -306,6 +325,10 @@ amqp_conn_open(AmqpConn *c, const char *url, const char *ca_file,
 	c->heartbeat = amqp_get_heartbeat(c->state);
 	c->fd = amqp_get_sockfd(c->state);
 	c->last_heard = c->last_beat_sent = GetCurrentTimestamp();
+	if (watchdog_registered && !get_timeout_active(watchdog_timeout))
+		enable_timeout_every(watchdog_timeout,
+							 TimestampTzPlusMilliseconds(c->last_heard, 1000),
+							 1000);
 	return true;
 
 fail:
@@ -337,6 +360,80 @@ amqp_url_endpoint(const char *url, char *host, size_t hostlen, int *port)
 	explicit_bzero(copy, strlen(url));
 	pfree(copy);
 	return ok;
+}
+
+/*
+ * SIGTERM: as die(), but first unblocks a guarded write by shutting its
+ * socket down.  shutdown() is async-signal-safe.
+ */
+static void
+amqp_conn_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	if (guarded_fd >= 0)
+		(void) shutdown(guarded_fd, SHUT_RDWR);
+	errno = save_errno;
+	die(postgres_signal_arg);
+}
+
+/* Timer handler: a guarded write that has lasted too long is cut off. */
+static void
+amqp_conn_watchdog(void)
+{
+	if (guarded_fd >= 0 && guarded_since != 0 &&
+		GetCurrentTimestamp() - guarded_since >
+		(TimestampTz) messaging_confirm_timeout * 1000)
+		(void) shutdown(guarded_fd, SHUT_RDWR);
+}
+
+/*
+ * Installs the worker's SIGTERM handler and registers the write watchdog.
+ * Called once by each worker before it unblocks signals.
+ */
+void
+amqp_conn_install_guards(void)
+{
+	pqsignal(SIGTERM, amqp_conn_sigterm);
+	if (!watchdog_registered)
+	{
+		watchdog_timeout = RegisterTimeout(USER_TIMEOUT, amqp_conn_watchdog);
+		watchdog_registered = true;
+	}
+}
+
+static void
+guard_begin(AmqpConn *c)
+{
+	guarded_since = GetCurrentTimestamp();
+	guarded_fd = c->fd;
+}
+
+static void
+guard_end(void)
+{
+	guarded_fd = -1;
+	guarded_since = 0;
+}
+
+/*
+ * basic.publish as a guarded write.  Returns the library's status.
+ */
+int
+amqp_conn_publish(AmqpConn *c, amqp_channel_t channel, const char *exchange,
+				  const char *routing_key, bool mandatory,
+				  const amqp_basic_properties_t *props, amqp_bytes_t body)
+{
+	int			rc;
+
+	guard_begin(c);
+	rc = amqp_basic_publish(c->state, channel, amqp_cstring_bytes(exchange),
+							amqp_cstring_bytes(routing_key), mandatory, 0,
+							props, body);
+	guard_end();
+	if (rc != AMQP_STATUS_OK)
+		amqp_conn_status_error(c, rc, "publish message");
+	return rc;
 }
 
 /*
@@ -376,6 +473,8 @@ amqp_conn_report(AmqpConn *c, MessagingWorkerKind kind,
 void
 amqp_conn_drop(AmqpConn *c)
 {
+	if (watchdog_registered && get_timeout_active(watchdog_timeout))
+		disable_timeout(watchdog_timeout, false);
 	if (c->state != NULL)
 		amqp_destroy_connection(c->state);
 	c->state = NULL;
@@ -513,38 +612,51 @@ amqp_conn_handle_connection_frame(AmqpConn *c, const amqp_frame_t *frame)
 bool
 amqp_conn_keepalive(AmqpConn *c)
 {
-	TimestampTz now = GetCurrentTimestamp();
-
 	if (c->state == NULL)
 		return false;
 	if (c->heartbeat <= 0)
 		return true;
+	if (!amqp_conn_beat(c))
+		return false;
 
-	if (TimestampDifferenceExceeds(c->last_beat_sent, now,
-								   c->heartbeat * 500))
-	{
-		amqp_frame_t beat;
-		int			rc;
-
-		memset(&beat, 0, sizeof(beat));
-		beat.frame_type = AMQP_FRAME_HEARTBEAT;
-		beat.channel = 0;
-		rc = amqp_send_frame(c->state, &beat);
-		if (rc != AMQP_STATUS_OK)
-		{
-			amqp_conn_status_error(c, rc, "send heartbeat");
-			return false;
-		}
-		c->last_beat_sent = now;
-	}
-
-	if (TimestampDifferenceExceeds(c->last_heard, now,
+	if (TimestampDifferenceExceeds(c->last_heard, GetCurrentTimestamp(),
 								   c->heartbeat * 2000))
 	{
 		set_error(c, "no data from the broker for %d seconds",
 				  c->heartbeat * 2);
 		return false;
 	}
+	return true;
+}
+
+/*
+ * Sends a heartbeat when half an interval has passed since the last one.
+ * Returns false when the connection is gone.
+ */
+bool
+amqp_conn_beat(AmqpConn *c)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	amqp_frame_t beat;
+	int			rc;
+
+	if (c->state == NULL || c->heartbeat <= 0 ||
+		!TimestampDifferenceExceeds(c->last_beat_sent, now,
+									c->heartbeat * 500))
+		return c->state != NULL;
+
+	memset(&beat, 0, sizeof(beat));
+	beat.frame_type = AMQP_FRAME_HEARTBEAT;
+	beat.channel = 0;
+	guard_begin(c);
+	rc = amqp_send_frame(c->state, &beat);
+	guard_end();
+	if (rc != AMQP_STATUS_OK)
+	{
+		amqp_conn_status_error(c, rc, "send heartbeat");
+		return false;
+	}
+	c->last_beat_sent = now;
 	return true;
 }
 

@@ -51,6 +51,12 @@ extern void amqp_conn_report(AmqpConn *c, MessagingWorkerKind kind,
 extern bool amqp_url_endpoint(const char *url, char *host, size_t hostlen,
 							  int *port);
 extern void amqp_conn_drop(AmqpConn *c);
+extern void amqp_conn_install_guards(void);
+extern int	amqp_conn_publish(AmqpConn *c, amqp_channel_t channel,
+							  const char *exchange, const char *routing_key,
+							  bool mandatory,
+							  const amqp_basic_properties_t *props,
+							  amqp_bytes_t body);
 
 extern bool amqp_conn_reply_ok(AmqpConn *c, const char *what);
 extern void amqp_conn_status_error(AmqpConn *c, int status, const char *what);
@@ -63,6 +69,7 @@ extern int	amqp_conn_next_frame(AmqpConn *c, amqp_frame_t *frame,
 extern bool amqp_conn_handle_connection_frame(AmqpConn *c,
 											  const amqp_frame_t *frame);
 extern bool amqp_conn_keepalive(AmqpConn *c);
+extern bool amqp_conn_beat(AmqpConn *c);
 extern long amqp_conn_tick_ms(AmqpConn *c, long max_ms);
 
 extern void amqp_backoff_failed(AmqpBackoff *b, int max_delay_ms);

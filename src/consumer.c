@@ -632,17 +632,7 @@ read_available(void)
 static void
 beat_if_due(void)
 {
-	amqp_frame_t beat;
-	TimestampTz now = GetCurrentTimestamp();
-
-	if (conn.state == NULL || conn.heartbeat <= 0 ||
-		!TimestampDifferenceExceeds(conn.last_beat_sent, now,
-									conn.heartbeat * 500))
-		return;
-	memset(&beat, 0, sizeof(beat));
-	beat.frame_type = AMQP_FRAME_HEARTBEAT;
-	if (amqp_send_frame(conn.state, &beat) == AMQP_STATUS_OK)
-		conn.last_beat_sent = now;
+	(void) amqp_conn_beat(&conn);
 }
 
 /*
@@ -659,13 +649,9 @@ publish_confirmed(const char *queue, amqp_basic_properties_t *props,
 
 	confirm_state = 0;
 	publish_returned = false;
-	rc = amqp_basic_publish(conn.state, CH_PUBLISH, amqp_empty_bytes,
-							amqp_cstring_bytes(queue), 1, 0, props, body);
-	if (rc != AMQP_STATUS_OK)
-	{
-		amqp_conn_status_error(&conn, rc, "publish message");
+	if (amqp_conn_publish(&conn, CH_PUBLISH, "", queue, true, props,
+						  body) != AMQP_STATUS_OK)
 		return false;
-	}
 	publish_seq++;
 
 	while (confirm_state == 0)
@@ -1961,7 +1947,7 @@ void
 messaging_consumer_main(Datum main_arg)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	amqp_conn_install_guards();
 	BackgroundWorkerUnblockSignals();
 
 	messaging_worker_attach(MSG_WORKER_CONSUMER);

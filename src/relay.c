@@ -515,7 +515,6 @@ publish_row(RelayPass *pass, HeapTuple tup, TupleDesc desc,
 	char		idbuf[UUID_LEN * 2 + 5];
 	char	   *correlation_id;
 	const char *exchange;
-	int			rc;
 	MemoryContext old;
 
 	old = MemoryContextSwitchTo(pass_context);
@@ -575,21 +574,9 @@ publish_row(RelayPass *pass, HeapTuple tup, TupleDesc desc,
 		props.correlation_id = amqp_cstring_bytes(correlation_id);
 	}
 
-	/*
-	 * XXX: rabbitmq-c 0.11 writes without a deadline, so a broker that stops
-	 * reading from the socket (without sending connection.blocked) can hold
-	 * this call until TCP gives up.
-	 */
-	rc = amqp_basic_publish(conn.state, 1,
-							amqp_cstring_bytes(exchange),
-							amqp_cstring_bytes(key->data),
-							1, 0, &props,
-							amqp_cstring_bytes(body->data));
-	if (rc != AMQP_STATUS_OK)
-	{
-		amqp_conn_status_error(&conn, rc, "publish message");
+	if (amqp_conn_publish(&conn, 1, exchange, key->data, true, &props,
+						  amqp_cstring_bytes(body->data)) != AMQP_STATUS_OK)
 		return false;
-	}
 
 	if (pass->nevents == 0)
 		pass->first_tag = next_tag;
@@ -1081,7 +1068,7 @@ void
 messaging_relay_main(Datum main_arg)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	amqp_conn_install_guards();
 	/* a broker that drops a TLS connection must not kill the worker */
 	pqsignal(SIGPIPE, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
