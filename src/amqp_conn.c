@@ -20,11 +20,15 @@
  *	  for the server log and the connection_status view.  The broker URL's
  *	  password is never copied anywhere.
  *
+ *	- the library retries its waits when a signal interrupts them, so the
+ *	  worker's SIGTERM handler shuts the connection's socket down: the
+ *	  pending call fails at once and the worker ends, even in the middle
+ *	  of a login to a silent peer;
  *	- a write into a full socket buffer (a frozen broker, a dead peer that
  *	  sends no reset) would block inside rabbitmq-c with no deadline: such
- *	  writes run "guarded", and the worker's SIGTERM handler, or a
- *	  once-a-second watchdog after messaging.confirm_timeout, shuts the
- *	  socket down so that the write fails and the worker goes on (or ends);
+ *	  writes run "guarded", and a once-a-second watchdog shuts the socket
+ *	  down after messaging.confirm_timeout, so that the write fails and the
+ *	  worker reconnects;
  *
  * The login advertises the capabilities "connection.blocked" (to learn of
  * broker resource alarms) and "consumer_cancel_notify" (to learn that a
@@ -61,9 +65,10 @@
 #include "shmem.h"
 
 /*
- * The socket of a guarded write in progress, and when it began; read by
- * signal handlers.
+ * The socket of the process's connection, and of a guarded write in
+ * progress with when it began; read by signal handlers.
  */
+static volatile sig_atomic_t open_fd = -1;
 static volatile sig_atomic_t guarded_fd = -1;
 static volatile TimestampTz guarded_since = 0;
 static TimeoutId watchdog_timeout;
@@ -289,6 +294,10 @@ amqp_conn_open(AmqpConn *c, const char *url, const char *ca_file,
 	}
 	amqp_set_handshake_timeout(c->state, &tv);
 	amqp_set_rpc_timeout(c->state, &tv);
+	c->fd = amqp_get_sockfd(c->state);
+	open_fd = c->fd;
+	if (ProcDiePending)
+		(void) shutdown(c->fd, SHUT_RDWR);
 
 	set_table_entry(&caps[0], "connection.blocked", true);
 	set_table_entry(&caps[1], "consumer_cancel_notify", true);
@@ -323,7 +332,6 @@ amqp_conn_open(AmqpConn *c, const char *url, const char *ca_file,
 	pfree(copy);
 
 	c->heartbeat = amqp_get_heartbeat(c->state);
-	c->fd = amqp_get_sockfd(c->state);
 	c->last_heard = c->last_beat_sent = GetCurrentTimestamp();
 	if (watchdog_registered && !get_timeout_active(watchdog_timeout))
 		enable_timeout_every(watchdog_timeout,
@@ -363,16 +371,16 @@ amqp_url_endpoint(const char *url, char *host, size_t hostlen, int *port)
 }
 
 /*
- * SIGTERM: as die(), but first unblocks a guarded write by shutting its
- * socket down.  shutdown() is async-signal-safe.
+ * SIGTERM: as die(), but first shuts the connection's socket down, so that
+ * a library call waiting on it returns.  shutdown() is async-signal-safe.
  */
 static void
 amqp_conn_sigterm(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
-	if (guarded_fd >= 0)
-		(void) shutdown(guarded_fd, SHUT_RDWR);
+	if (open_fd >= 0)
+		(void) shutdown(open_fd, SHUT_RDWR);
 	errno = save_errno;
 	die(postgres_signal_arg);
 }
@@ -475,6 +483,7 @@ amqp_conn_drop(AmqpConn *c)
 {
 	if (watchdog_registered && get_timeout_active(watchdog_timeout))
 		disable_timeout(watchdog_timeout, false);
+	open_fd = -1;
 	if (c->state != NULL)
 		amqp_destroy_connection(c->state);
 	c->state = NULL;

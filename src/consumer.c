@@ -451,7 +451,7 @@ fail:
 
 	/* Log each new reason once; repetitions of it go to DEBUG1. */
 	repeated = strcmp(conn.error, logged_error) == 0;
-	ereport(repeated ? DEBUG1 : LOG,
+	ereport((repeated || ProcDiePending) ? DEBUG1 : LOG,
 			(errmsg("messaging consumer could not set up consumption from RabbitMQ at %s:%d",
 					conn.host[0] ? conn.host : "(unknown)", conn.port),
 			 errdetail("%s", conn.error),
@@ -471,7 +471,8 @@ fail:
 static bool
 consumer_lost_connection(void)
 {
-	ereport(LOG,
+	/* at shutdown the socket was closed on purpose: say nothing */
+	ereport(ProcDiePending ? DEBUG1 : LOG,
 			(errmsg("messaging consumer lost its connection to RabbitMQ at %s:%d",
 					conn.host, conn.port),
 			 errdetail("%s", conn.error)));

@@ -194,7 +194,7 @@ fail:
 	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
 
 	/* Log the first failure of a series; later ones go to DEBUG1. */
-	ereport(logged_failure ? DEBUG1 : LOG,
+	ereport((logged_failure || ProcDiePending) ? DEBUG1 : LOG,
 			(errmsg("messaging relay could not connect to RabbitMQ at %s:%d",
 					conn.host[0] ? conn.host : "(unknown)", conn.port),
 			 errdetail("%s", conn.error),
@@ -212,7 +212,8 @@ fail:
 static void
 relay_lost_connection(void)
 {
-	ereport(LOG,
+	/* at shutdown the socket was closed on purpose: say nothing */
+	ereport(ProcDiePending ? DEBUG1 : LOG,
 			(errmsg("messaging relay lost its connection to RabbitMQ at %s:%d",
 					conn.host, conn.port),
 			 errdetail("%s", conn.error)));
