@@ -24,38 +24,22 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/table.h"
-#include "access/tableam.h"
-#include "catalog/namespace.h"
-#include "catalog/index.h"
 #include "access/xact.h"
-#include "executor/executor.h"
 #include "executor/tuptable.h"
-#include "nodes/makefuncs.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
 #include "utils/rel.h"
 
 #include "messaging.h"
 #include "outbox.h"
+#include "rowstore.h"
 #include "shmem.h"
 
 Oid
 messaging_outbox_relid(void)
 {
-	Oid			nsp = get_namespace_oid(MESSAGING_SCHEMA, true);
-	Oid			relid = InvalidOid;
-
-	if (OidIsValid(nsp))
-		relid = get_relname_relid("outbox", nsp);
-	if (!OidIsValid(relid))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation \"messaging.outbox\" does not exist"),
-				 errhint("Run CREATE EXTENSION messaging in this database.")));
-	return relid;
+	return messaging_table_relid("outbox");
 }
 
 static Datum
@@ -65,116 +49,15 @@ cstring_datum_or_null(const char *s, bool *isnull)
 	return s ? CStringGetTextDatum(s) : (Datum) 0;
 }
 
-/* Whether an index can be maintained from the row's values alone. */
-static bool
-is_plain_index(Relation index, IndexInfo *info)
-{
-	return info->ii_Expressions == NIL && info->ii_Predicate == NIL &&
-		info->ii_ExclusionOps == NULL &&
-		(!info->ii_Unique || index->rd_index->indimmediate);
-}
-
-/*
- * Inserts into each index of the outbox.  Indexes on plain columns (the
- * extension's own) are maintained directly from the row's values; an index
- * with expressions or a predicate, which a DBA might add, goes through the
- * executor's general path.
- */
-static void
-outbox_insert_indexes(Relation rel, HeapTuple tuple, Datum *values,
-					  bool *nulls)
-{
-	List	   *indexes = RelationGetIndexList(rel);
-	ListCell   *lc;
-	bool		general = false;
-
-	foreach(lc, indexes)
-	{
-		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
-		IndexInfo  *info = BuildIndexInfo(index);
-		Datum		ivalues[INDEX_MAX_KEYS];
-		bool		inulls[INDEX_MAX_KEYS];
-		int			i;
-
-		if (!info->ii_ReadyForInserts || !is_plain_index(index, info))
-		{
-			general = general || info->ii_ReadyForInserts;
-			index_close(index, NoLock);
-			continue;
-		}
-
-		for (i = 0; i < info->ii_NumIndexAttrs; i++)
-		{
-			AttrNumber	attno = info->ii_IndexAttrNumbers[i];
-
-			ivalues[i] = values[attno - 1];
-			inulls[i] = nulls[attno - 1];
-		}
-		(void) index_insert(index, ivalues, inulls, &tuple->t_self, rel,
-							info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-							false, info);
-		index_close(index, NoLock);
-	}
-	list_free(indexes);
-
-	if (general)
-	{
-		EState	   *estate = CreateExecutorState();
-		ResultRelInfo *rri = makeNode(ResultRelInfo);
-		TupleTableSlot *slot;
-		int			i;
-
-		InitResultRelInfo(rri, rel, 1, NULL, 0);
-		ExecOpenIndices(rri, false);
-
-		/* keep only the indexes the loop above could not handle */
-		for (i = 0; i < rri->ri_NumIndices; i++)
-		{
-			IndexInfo  *info = rri->ri_IndexRelationInfo[i];
-
-			if (is_plain_index(rri->ri_IndexRelationDescs[i], info))
-				info->ii_ReadyForInserts = false;
-		}
-
-		slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel),
-									  &TTSOpsHeapTuple);
-		ExecStoreHeapTuple(tuple, slot, false);
-		slot->tts_tid = tuple->t_self;
-		(void) messaging_insert_index_tuples(rri, slot, estate);
-
-		ExecCloseIndices(rri);
-		ExecResetTupleTable(estate->es_tupleTable, false);
-		FreeExecutorState(estate);
-	}
-}
-
-/* Refuses an outbox whose columns are not those of outbox.h. */
-static void
-outbox_check_columns(Relation rel)
-{
-	if (RelationGetDescr(rel)->natts != Natts_outbox)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"messaging.outbox\" has %d columns, expected %d",
-						RelationGetDescr(rel)->natts, Natts_outbox),
-				 errhint("Update the extension with ALTER EXTENSION messaging UPDATE.")));
-}
-
 void
 messaging_outbox_insert(const OutboxEvent *ev)
 {
 	Relation	rel;
 	Datum		values[Natts_outbox];
 	bool		nulls[Natts_outbox];
-	HeapTuple	tuple;
 
 	rel = table_open(messaging_outbox_relid(), RowExclusiveLock);
-	if (RelationGetDescr(rel)->natts != Natts_outbox)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("relation \"messaging.outbox\" has %d columns, expected %d",
-						RelationGetDescr(rel)->natts, Natts_outbox),
-				 errhint("Update the extension with ALTER EXTENSION messaging UPDATE.")));
+	messaging_check_columns(rel, Natts_outbox);
 
 	memset(nulls, false, sizeof(nulls));
 	values[Anum_outbox_id - 1] = UUIDPGetDatum(&ev->id);
@@ -192,11 +75,7 @@ messaging_outbox_insert(const OutboxEvent *ev)
 	values[Anum_outbox_attempts - 1] = Int32GetDatum(0);
 	nulls[Anum_outbox_last_error - 1] = true;
 
-	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
-	simple_heap_insert(rel, tuple);
-	outbox_insert_indexes(rel, tuple, values, nulls);
-
-	heap_freetuple(tuple);
+	messaging_insert_row(rel, values, nulls);
 	table_close(rel, NoLock);
 
 	messaging_note_outbox_write();
@@ -238,16 +117,15 @@ messaging_outbox_insert_many(const OutboxEvent *evs, int n)
 	bool	  (*nulls)[Natts_outbox];
 	const char *last_s[3] = {NULL, NULL, NULL};
 	Datum		last_d[3] = {0, 0, 0};
-	List	   *indexes;
-	ListCell   *lc;
-	bool		general = false;
+	Datum	  **rowvalues;
+	bool	  **rownulls;
 	int			i;
 
 	if (n <= 0)
 		return;
 
 	rel = table_open(messaging_outbox_relid(), RowExclusiveLock);
-	outbox_check_columns(rel);
+	messaging_check_columns(rel, Natts_outbox);
 	/* an unreferenced copy spares the resource owner a pin per slot */
 	desc = CreateTupleDescCopy(RelationGetDescr(rel));
 
@@ -286,60 +164,16 @@ messaging_outbox_insert_many(const OutboxEvent *evs, int n)
 
 	heap_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, NULL);
 
-	indexes = RelationGetIndexList(rel);
-	foreach(lc, indexes)
+	rowvalues = palloc(sizeof(Datum *) * n);
+	rownulls = palloc(sizeof(bool *) * n);
+	for (i = 0; i < n; i++)
 	{
-		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
-		IndexInfo  *info = BuildIndexInfo(index);
-		Datum		ivalues[INDEX_MAX_KEYS];
-		bool		inulls[INDEX_MAX_KEYS];
-		int			k;
-
-		if (!info->ii_ReadyForInserts || !is_plain_index(index, info))
-		{
-			general = general || info->ii_ReadyForInserts;
-			index_close(index, NoLock);
-			continue;
-		}
-		for (i = 0; i < n; i++)
-		{
-			for (k = 0; k < info->ii_NumIndexAttrs; k++)
-			{
-				AttrNumber	attno = info->ii_IndexAttrNumbers[k];
-
-				ivalues[k] = values[i][attno - 1];
-				inulls[k] = nulls[i][attno - 1];
-			}
-			(void) index_insert(index, ivalues, inulls, &slots[i]->tts_tid, rel,
-								info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-								false, info);
-		}
-		index_close(index, NoLock);
+		rowvalues[i] = values[i];
+		rownulls[i] = nulls[i];
 	}
-	list_free(indexes);
-
-	if (general)
-	{
-		EState	   *estate = CreateExecutorState();
-		ResultRelInfo *rri = makeNode(ResultRelInfo);
-
-		InitResultRelInfo(rri, rel, 1, NULL, 0);
-		ExecOpenIndices(rri, false);
-		for (i = 0; i < rri->ri_NumIndices; i++)
-		{
-			IndexInfo  *info = rri->ri_IndexRelationInfo[i];
-
-			if (is_plain_index(rri->ri_IndexRelationDescs[i], info))
-				info->ii_ReadyForInserts = false;
-		}
-		for (i = 0; i < n; i++)
-		{
-			ResetPerTupleExprContext(estate);
-			(void) messaging_insert_index_tuples(rri, slots[i], estate);
-		}
-		ExecCloseIndices(rri);
-		FreeExecutorState(estate);
-	}
+	messaging_index_rows(rel, slots, rowvalues, rownulls, n);
+	pfree(rowvalues);
+	pfree(rownulls);
 
 	for (i = 0; i < n; i++)
 		ExecDropSingleTupleTableSlot(slots[i]);

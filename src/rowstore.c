@@ -79,18 +79,21 @@ is_plain_index(Relation index, IndexInfo *info)
 }
 
 /*
- * Inserts a new heap tuple's entries into each index of its relation.
- * Indexes on plain columns (the extension's own) are maintained directly
- * from the row's values; an index with expressions or a predicate, which a
- * DBA might add, goes through the executor's general path.
+ * Inserts the index entries of n new heap rows: slots[i] holds row i (with
+ * its TID set), values[i] and nulls[i] its column values.  Indexes on plain
+ * columns (the extension's own) are maintained directly from the values,
+ * each index opened once for all rows; an index with expressions or a
+ * predicate, which a DBA might add, goes through the executor's general
+ * path.
  */
 void
-messaging_index_row(Relation rel, HeapTuple tuple, Datum *values,
-					bool *nulls)
+messaging_index_rows(Relation rel, TupleTableSlot **slots, Datum **values,
+					 bool **nulls, int n)
 {
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
 	bool		general = false;
+	int			i;
 
 	foreach(lc, indexes)
 	{
@@ -98,7 +101,7 @@ messaging_index_row(Relation rel, HeapTuple tuple, Datum *values,
 		IndexInfo  *info = BuildIndexInfo(index);
 		Datum		ivalues[INDEX_MAX_KEYS];
 		bool		inulls[INDEX_MAX_KEYS];
-		int			i;
+		int			k;
 
 		if (!info->ii_ReadyForInserts || !is_plain_index(index, info))
 		{
@@ -107,16 +110,20 @@ messaging_index_row(Relation rel, HeapTuple tuple, Datum *values,
 			continue;
 		}
 
-		for (i = 0; i < info->ii_NumIndexAttrs; i++)
+		for (i = 0; i < n; i++)
 		{
-			AttrNumber	attno = info->ii_IndexAttrNumbers[i];
+			for (k = 0; k < info->ii_NumIndexAttrs; k++)
+			{
+				AttrNumber	attno = info->ii_IndexAttrNumbers[k];
 
-			ivalues[i] = values[attno - 1];
-			inulls[i] = nulls[attno - 1];
+				ivalues[k] = values[i][attno - 1];
+				inulls[k] = nulls[i][attno - 1];
+			}
+			(void) index_insert(index, ivalues, inulls, &slots[i]->tts_tid,
+								rel,
+								info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+								false, info);
 		}
-		(void) index_insert(index, ivalues, inulls, &tuple->t_self, rel,
-							info->ii_Unique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
-							false, info);
 		index_close(index, NoLock);
 	}
 	list_free(indexes);
@@ -125,8 +132,6 @@ messaging_index_row(Relation rel, HeapTuple tuple, Datum *values,
 	{
 		EState	   *estate = CreateExecutorState();
 		ResultRelInfo *rri = makeNode(ResultRelInfo);
-		TupleTableSlot *slot;
-		int			i;
 
 		InitResultRelInfo(rri, rel, 1, NULL, 0);
 		ExecOpenIndices(rri, false);
@@ -139,15 +144,12 @@ messaging_index_row(Relation rel, HeapTuple tuple, Datum *values,
 			if (is_plain_index(rri->ri_IndexRelationDescs[i], info))
 				info->ii_ReadyForInserts = false;
 		}
-
-		slot = ExecInitExtraTupleSlot(estate, RelationGetDescr(rel),
-									  &TTSOpsHeapTuple);
-		ExecStoreHeapTuple(tuple, slot, false);
-		slot->tts_tid = tuple->t_self;
-		(void) messaging_insert_index_tuples(rri, slot, estate);
-
+		for (i = 0; i < n; i++)
+		{
+			ResetPerTupleExprContext(estate);
+			(void) messaging_insert_index_tuples(rri, slots[i], estate);
+		}
 		ExecCloseIndices(rri);
-		ExecResetTupleTable(estate->es_tupleTable, false);
 		FreeExecutorState(estate);
 	}
 }
@@ -160,9 +162,14 @@ void
 messaging_insert_row(Relation rel, Datum *values, bool *nulls)
 {
 	HeapTuple	tuple = heap_form_tuple(RelationGetDescr(rel), values, nulls);
+	TupleTableSlot *slot;
 
 	simple_heap_insert(rel, tuple);
-	messaging_index_row(rel, tuple, values, nulls);
+	slot = MakeSingleTupleTableSlot(RelationGetDescr(rel), &TTSOpsHeapTuple);
+	ExecStoreHeapTuple(tuple, slot, false);
+	slot->tts_tid = tuple->t_self;
+	messaging_index_rows(rel, &slot, &values, &nulls, 1);
+	ExecDropSingleTupleTableSlot(slot);
 	heap_freetuple(tuple);
 }
 

@@ -14,6 +14,7 @@
 #define MESSAGING_ROWSTORE_H
 
 #include "access/htup.h"
+#include "executor/tuptable.h"
 #include "utils/relcache.h"
 
 /*
@@ -24,8 +25,8 @@
 
 extern Oid	messaging_table_relid(const char *name);
 extern void messaging_check_columns(Relation rel, int natts);
-extern void messaging_index_row(Relation rel, HeapTuple tuple, Datum *values,
-								bool *nulls);
+extern void messaging_index_rows(Relation rel, TupleTableSlot **slots,
+								 Datum **values, bool **nulls, int n);
 extern void messaging_insert_row(Relation rel, Datum *values, bool *nulls);
 extern Datum messaging_make_array(Datum *elems, bool *nulls, int n,
 								  Oid elemtype);
