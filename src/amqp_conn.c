@@ -476,6 +476,87 @@ amqp_conn_report(AmqpConn *c, MessagingWorkerKind kind,
 }
 
 /*
+ * The link is up: counts a reconnection, logs it (with the number of
+ * failed attempts before it), resets the backoff and reports "connected".
+ * what completes the message, e.g. ", consuming queue \"wrapper-events\"".
+ */
+void
+amqp_link_up(AmqpLink *l, const char *what)
+{
+	MessagingWorkerStatus *st;
+
+	if (l->connected_before)
+	{
+		st = messaging_status_begin(l->kind);
+		st->reconnects++;
+		messaging_status_end();
+	}
+	l->connected_before = true;
+
+	ereport(LOG,
+			(errmsg("messaging %s connected to RabbitMQ at %s:%d%s",
+					l->worker, l->conn->host, l->conn->port, what),
+			 l->backoff->failures > 0 ?
+			 errdetail_plural("Connected after %d failed attempt.",
+							  "Connected after %d failed attempts.",
+							  l->backoff->failures, l->backoff->failures) : 0));
+	amqp_backoff_reset(l->backoff);
+	l->failing = false;
+	l->logged_error[0] = '\0';
+	amqp_conn_report(l->conn, l->kind, MSG_CONN_CONNECTED, NULL);
+}
+
+/*
+ * Setting the link up failed (conn->error says why): drops the connection,
+ * schedules the next attempt and reports "disconnected".  The first
+ * failure of a series, and each new reason within it, is logged; repeated
+ * ones go to DEBUG1, so an outage costs a line or two, not one per attempt.
+ */
+void
+amqp_link_failed(AmqpLink *l, const char *what, const char *hint)
+{
+	AmqpConn   *c = l->conn;
+	bool		repeated = l->failing &&
+		strcmp(c->error, l->logged_error) == 0;
+
+	amqp_conn_drop(c);
+	amqp_backoff_failed(l->backoff, messaging_reconnect_max_delay);
+
+	ereport((repeated || ProcDiePending) ? DEBUG1 : LOG,
+			(errmsg("messaging %s could not %s RabbitMQ at %s:%d",
+					l->worker, what, c->host[0] ? c->host : "(unknown)",
+					c->port),
+			 errdetail("%s", c->error),
+			 (repeated || l->failing) ? 0 :
+			 errhint("%s The %s retries with backoff up to \"%s\".",
+					 hint, l->worker, "messaging.reconnect_max_delay")));
+	strlcpy(l->logged_error, c->error, sizeof(l->logged_error));
+	l->failing = true;
+	amqp_conn_report(c, l->kind, MSG_CONN_DISCONNECTED, c->error);
+}
+
+/*
+ * The link broke (conn->error says why): logs it, unless the worker is
+ * shutting down and closed the socket itself, drops the connection and
+ * schedules a reconnect.
+ */
+void
+amqp_link_lost(AmqpLink *l)
+{
+	AmqpConn   *c = l->conn;
+
+	ereport(ProcDiePending ? DEBUG1 : LOG,
+			(errmsg("messaging %s lost its connection to RabbitMQ at %s:%d",
+					l->worker, c->host, c->port),
+			 errdetail("%s", c->error)));
+	amqp_conn_report(c, l->kind, MSG_CONN_DISCONNECTED, c->error);
+	strlcpy(l->logged_error, c->error, sizeof(l->logged_error));
+	l->failing = true;
+	amqp_conn_drop(c);
+	amqp_backoff_failed(l->backoff, messaging_reconnect_max_delay);
+}
+
+/*
  * Tears the connection down without a closing handshake.
  */
 void

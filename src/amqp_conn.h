@@ -43,6 +43,25 @@ typedef struct AmqpBackoff
 	TimestampTz next_attempt;
 } AmqpBackoff;
 
+/*
+ * A worker's link to the broker: its connection, its backoff, and what it
+ * has logged, so that both workers report the same way.
+ */
+typedef struct AmqpLink
+{
+	AmqpConn   *conn;
+	AmqpBackoff *backoff;
+	MessagingWorkerKind kind;
+	const char *worker;			/* "relay" or "consumer", for messages */
+	bool		connected_before;	/* a connection was made already */
+	bool		failing;		/* a failure is logged, no success since */
+	char		logged_error[AMQP_CONN_ERRLEN];	/* last reason logged */
+} AmqpLink;
+
+extern void amqp_link_up(AmqpLink *l, const char *what);
+extern void amqp_link_failed(AmqpLink *l, const char *what, const char *hint);
+extern void amqp_link_lost(AmqpLink *l);
+
 extern bool amqp_conn_open(AmqpConn *c, const char *url, const char *ca_file,
 						   const char *connection_name);
 extern void amqp_conn_close(AmqpConn *c);

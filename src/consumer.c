@@ -174,8 +174,7 @@ static AmqpConn conn;
 static AmqpBackoff backoff;
 static uint64 generation = 0;
 static bool cancelled = false;	/* broker cancelled our consumer */
-static bool logged_failure = false;
-static char logged_error[AMQP_CONN_ERRLEN];	/* last failure logged */
+static AmqpLink broker = {&conn, &backoff, MSG_WORKER_CONSUMER, "consumer"};
 static bool extension_ready = false;
 static char *topology_key = NULL;	/* settings the topology was made for */
 static List *pending = NIL;		/* of Delivery *, in consumer_context */
@@ -376,9 +375,6 @@ static bool
 consumer_connect(void)
 {
 	char		name[64];
-	MessagingWorkerStatus *st;
-	bool		reconnect;
-	bool		repeated;
 	MemoryContext old;
 
 	set_state(MSG_CONN_CONNECTING, NULL);
@@ -416,51 +412,22 @@ consumer_connect(void)
 	topology_key = make_topology_key();
 	last_depth = 0;
 
-	st = messaging_status_begin(MSG_WORKER_CONSUMER);
-	reconnect = (st->reconnects > 0 || st->last_success != 0 ||
-				 generation > 1 || backoff.failures > 0);
-	st->reconnects += reconnect ? 1 : 0;
-	messaging_status_end();
-
-	ereport(LOG,
-			(errmsg("messaging consumer connected to RabbitMQ at %s:%d, consuming queue \"%s\"",
-					conn.host, conn.port, messaging_consumer_queue),
-			 backoff.failures > 0 ?
-			 errdetail_plural("Connected after %d failed attempt.",
-							  "Connected after %d failed attempts.",
-							  backoff.failures, backoff.failures) : 0));
+	amqp_link_up(&broker, psprintf(", consuming queue \"%s\"",
+								   messaging_consumer_queue));
 	if (conn.heartbeat > 0 &&
-		messaging_handler_timeout > conn.heartbeat * 1000 &&
-		!logged_failure)
+		messaging_handler_timeout > conn.heartbeat * 1000)
 		ereport(LOG,
 				(errmsg("\"%s\" is above the heartbeat interval of %d s",
 						"messaging.handler_timeout", conn.heartbeat),
 				 errdetail("No heartbeat is sent while a handler runs, so the broker may close the connection of a slow handler, and the event is then redelivered."),
 				 errhint("Lower \"%s\" or raise \"%s\".",
 						 "messaging.handler_timeout", "messaging.heartbeat")));
-	amqp_backoff_reset(&backoff);
-	logged_failure = false;
-	logged_error[0] = '\0';
-	set_state(MSG_CONN_CONNECTED, NULL);
 	return true;
 
 fail:
 	MemoryContextSwitchTo(old);
-	amqp_conn_drop(&conn);
-	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
-
-	/* Log each new reason once; repetitions of it go to DEBUG1. */
-	repeated = strcmp(conn.error, logged_error) == 0;
-	ereport((repeated || ProcDiePending) ? DEBUG1 : LOG,
-			(errmsg("messaging consumer could not set up consumption from RabbitMQ at %s:%d",
-					conn.host[0] ? conn.host : "(unknown)", conn.port),
-			 errdetail("%s", conn.error),
-			 repeated ? 0 :
-			 errhint("Messages wait in the broker; the consumer retries with backoff up to \"%s\".",
-					 "messaging.reconnect_max_delay")));
-	strlcpy(logged_error, conn.error, sizeof(logged_error));
-	logged_failure = true;
-	set_state(MSG_CONN_DISCONNECTED, conn.error);
+	amqp_link_failed(&broker, "set up consumption from",
+					 "Messages wait in the broker.");
 	return false;
 }
 
@@ -471,16 +438,8 @@ fail:
 static bool
 consumer_lost_connection(void)
 {
-	/* at shutdown the socket was closed on purpose: say nothing */
-	ereport(ProcDiePending ? DEBUG1 : LOG,
-			(errmsg("messaging consumer lost its connection to RabbitMQ at %s:%d",
-					conn.host, conn.port),
-			 errdetail("%s", conn.error)));
-	set_state(MSG_CONN_DISCONNECTED, conn.error);
-	amqp_conn_drop(&conn);
+	amqp_link_lost(&broker);
 	discard_pending();
-	logged_failure = true;
-	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
 	return false;
 }
 

@@ -39,6 +39,8 @@
 #include "miscadmin.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
+#include "lib/stringinfo.h"
+#include "utils/elog.h"
 #include "utils/guc.h"
 
 #include "messaging.h"
@@ -79,6 +81,107 @@ int			messaging_recent_events = 10000;
 int			messaging_retention = 7 * 24 * 3600;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/*
+ * Masks the password of every amqp:// or amqps:// URL in s.  Returns a new
+ * string, or NULL when there was nothing to mask.
+ */
+static char *
+redact_urls(const char *s)
+{
+	StringInfoData buf;
+	const char *p = s;
+	bool		changed = false;
+
+	if (s == NULL || strstr(s, "amqp") == NULL)
+		return NULL;
+
+	initStringInfo(&buf);
+	while (*p)
+	{
+		const char *scheme_end = NULL;
+
+		if (strncmp(p, "amqp://", 7) == 0)
+			scheme_end = p + 7;
+		else if (strncmp(p, "amqps://", 8) == 0)
+			scheme_end = p + 8;
+
+		if (scheme_end != NULL)
+		{
+			const char *q = scheme_end;
+			const char *colon = NULL;
+
+			/* the user info ends at '@'; a '/' or quote means there is none */
+			while (*q && *q != '@' && *q != '/' && *q != '"' &&
+				   *q != '\'' && *q != ' ')
+			{
+				if (*q == ':' && colon == NULL)
+					colon = q;
+				q++;
+			}
+			if (*q == '@' && colon != NULL)
+			{
+				appendBinaryStringInfo(&buf, p, colon + 1 - p);
+				appendStringInfoString(&buf, "********");
+				p = q;
+				changed = true;
+				continue;
+			}
+			appendBinaryStringInfo(&buf, p, scheme_end - p);
+			p = scheme_end;
+			continue;
+		}
+		appendStringInfoChar(&buf, *p++);
+	}
+
+	if (!changed)
+	{
+		pfree(buf.data);
+		return NULL;
+	}
+	return buf.data;
+}
+
+/*
+ * The broker URL may carry a password, and PostgreSQL itself repeats
+ * setting values in messages ("parameter ... changed to ...", "invalid
+ * value for parameter ...").  Every message of every process that has the
+ * library loaded passes through here first: passwords in AMQP URLs are
+ * masked, and the statement that produced such a message is not logged.
+ */
+static void
+messaging_emit_log(ErrorData *edata)
+{
+	char	   *masked;
+	bool		hit = false;
+
+	if ((masked = redact_urls(edata->message)) != NULL)
+	{
+		edata->message = masked;
+		hit = true;
+	}
+	if ((masked = redact_urls(edata->detail)) != NULL)
+	{
+		edata->detail = masked;
+		hit = true;
+	}
+	if ((masked = redact_urls(edata->detail_log)) != NULL)
+	{
+		edata->detail_log = masked;
+		hit = true;
+	}
+	if ((masked = redact_urls(edata->context)) != NULL)
+	{
+		edata->context = masked;
+		hit = true;
+	}
+	if (hit || (edata->message && strstr(edata->message, "messaging.broker_url")))
+		edata->hide_stmt = true;
+
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
 
 /*
  * The broker URL may carry a password: check that it parses without
@@ -394,6 +497,9 @@ _PG_init(void)
 
 	define_postmaster_settings();
 	define_settings();
+
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = messaging_emit_log;
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = msg_shmem_request_hook;

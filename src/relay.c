@@ -123,7 +123,7 @@ static AmqpBackoff backoff;
 static uint64 next_tag = 1;		/* delivery tag of the next publish */
 static char *connected_url = NULL;
 static bool extension_ready = false;
-static bool logged_failure = false;
+static AmqpLink broker = {&conn, &backoff, MSG_WORKER_RELAY, "relay"};
 static MemoryContext pass_context = NULL;
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr outcome_plan = NULL;
@@ -150,8 +150,6 @@ static bool
 relay_connect(void)
 {
 	char		name[64];
-	MessagingWorkerStatus *st;
-	bool		reconnect;
 
 	set_state(MSG_CONN_CONNECTING, NULL);
 	snprintf(name, sizeof(name), "messaging relay (pid %d)", MyProcPid);
@@ -171,38 +169,12 @@ relay_connect(void)
 		pfree(connected_url);
 	connected_url = MemoryContextStrdup(TopMemoryContext, messaging_broker_url);
 
-	st = messaging_status_begin(MSG_WORKER_RELAY);
-	reconnect = (st->reconnects > 0 || st->last_success != 0 ||
-				 backoff.failures > 0);
-	st->reconnects += reconnect ? 1 : 0;
-	messaging_status_end();
-
-	ereport(LOG,
-			(errmsg("messaging relay connected to RabbitMQ at %s:%d",
-					conn.host, conn.port),
-			 backoff.failures > 0 ?
-			 errdetail_plural("Connected after %d failed attempt.",
-							  "Connected after %d failed attempts.",
-							  backoff.failures, backoff.failures) : 0));
-	amqp_backoff_reset(&backoff);
-	logged_failure = false;
-	set_state(MSG_CONN_CONNECTED, NULL);
+	amqp_link_up(&broker, "");
 	return true;
 
 fail:
-	amqp_conn_drop(&conn);
-	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
-
-	/* Log the first failure of a series; later ones go to DEBUG1. */
-	ereport((logged_failure || ProcDiePending) ? DEBUG1 : LOG,
-			(errmsg("messaging relay could not connect to RabbitMQ at %s:%d",
-					conn.host[0] ? conn.host : "(unknown)", conn.port),
-			 errdetail("%s", conn.error),
-			 logged_failure ? 0 :
-			 errhint("Events stay in the outbox; the relay retries with backoff up to \"%s\".",
-					 "messaging.reconnect_max_delay")));
-	logged_failure = true;
-	set_state(MSG_CONN_DISCONNECTED, conn.error);
+	amqp_link_failed(&broker, "connect to",
+					 "Events stay in the outbox.");
 	return false;
 }
 
@@ -212,15 +184,7 @@ fail:
 static void
 relay_lost_connection(void)
 {
-	/* at shutdown the socket was closed on purpose: say nothing */
-	ereport(ProcDiePending ? DEBUG1 : LOG,
-			(errmsg("messaging relay lost its connection to RabbitMQ at %s:%d",
-					conn.host, conn.port),
-			 errdetail("%s", conn.error)));
-	set_state(MSG_CONN_DISCONNECTED, conn.error);
-	amqp_conn_drop(&conn);
-	logged_failure = true;
-	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
+	amqp_link_lost(&broker);
 }
 
 static RelayEvent *
