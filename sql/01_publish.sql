@@ -154,3 +154,8 @@ SELECT pg_temp.try('SHOW messaging.broker_url');
 SELECT count(*) AS visible FROM pg_settings WHERE name = 'messaging.broker_url';
 RESET ROLE;
 DROP ROLE messaging_test_user;
+
+-- a password in a broker URL never shows in a message that reaches the
+-- server log, PostgreSQL's own "invalid value" error included
+ALTER SYSTEM SET messaging.broker_url = 'amqp://app:s3cr3t@broker.internal:notaport/%2f';
+DO $$ BEGIN RAISE WARNING 'connecting to amqps://app:s3cr3t@broker.internal:5671/%%2f and amqp://guest@h/'; END $$;
