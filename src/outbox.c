@@ -29,6 +29,7 @@
 #include "access/xact.h"
 #include "executor/tuptable.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 
 #include "messaging.h"
@@ -82,106 +83,211 @@ messaging_outbox_insert(const OutboxEvent *ev)
 }
 
 /*
- * The text datum of s, reusing the previous event's when the caller passed
- * the same string (events of one statement share type, target and source).
+ * Multi-row writer.
+ *
+ * The events are formed into heap tuples as they are added, in a memory
+ * context that holds one batch and is reset after each flush; the caller's
+ * memory for an event (its payload, its strings) can be reused as soon as
+ * messaging_outbox_writer_add() returns.  A batch goes to the heap with
+ * heap_multi_insert (one WAL record per page rather than per row), then to
+ * the indexes.  Batches are bounded in rows and in bytes, as COPY bounds
+ * its own: a small batch stays in the CPU caches and its memory is reused
+ * from one batch to the next rather than returned to the system.
+ */
+#define OUTBOX_BATCH_ROWS	1000
+#define OUTBOX_BATCH_BYTES	(64 * 1024)
+
+/* Block size of a batch's memory: one block holds a full batch. */
+#define OUTBOX_BATCH_BLOCK	(128 * 1024)
+
+/* The text values the events of a statement usually share. */
+typedef enum OutboxTextCol
+{
+	OUTBOX_TEXT_EVENT_TYPE = 0,
+	OUTBOX_TEXT_TARGET_APP,
+	OUTBOX_TEXT_TENANT_ID,
+	OUTBOX_TEXT_SOURCE_APP,
+	OUTBOX_NUM_TEXTS
+} OutboxTextCol;
+
+struct OutboxWriter
+{
+	MemoryContext cxt;			/* the writer and its slots */
+	MemoryContext batch_cxt;	/* the tuples of the current batch */
+	Relation	rel;
+	TupleDesc	desc;			/* unreferenced copy of rel's */
+	TupleTableSlot *slots[OUTBOX_BATCH_ROWS];
+	Datum	   *values[OUTBOX_BATCH_ROWS];	/* each slot's tts_values */
+	bool	   *nulls[OUTBOX_BATCH_ROWS];	/* each slot's tts_isnull */
+	int			nslots;			/* slots made so far */
+	int			n;				/* events in the current batch */
+	Size		bytes;			/* their tuples' size */
+	uint64		written;		/* events written so far */
+
+	/* the last text value of each shared column, as a C string and a datum */
+	char	   *last_s[OUTBOX_NUM_TEXTS];
+	Datum		last_d[OUTBOX_NUM_TEXTS];
+};
+
+/*
+ * The text datum of s, or NULL: the previous event's when s has the same
+ * content.
  */
 static Datum
-outbox_text(const char *s, const char **last_s, Datum *last_d, bool *isnull)
+writer_text(OutboxWriter *w, OutboxTextCol col, const char *s, bool *isnull)
 {
 	*isnull = (s == NULL);
 	if (s == NULL)
 		return (Datum) 0;
-	if (s != *last_s)
+	if (w->last_s[col] == NULL || strcmp(s, w->last_s[col]) != 0)
 	{
-		*last_s = s;
-		*last_d = CStringGetTextDatum(s);
+		MemoryContext old = MemoryContextSwitchTo(w->cxt);
+
+		if (w->last_s[col] != NULL)
+		{
+			pfree(w->last_s[col]);
+			pfree(DatumGetPointer(w->last_d[col]));
+		}
+		w->last_s[col] = pstrdup(s);
+		w->last_d[col] = CStringGetTextDatum(s);
+		MemoryContextSwitchTo(old);
 	}
-	return *last_d;
+	return w->last_d[col];
 }
 
 /*
- * Inserts n events at once: the heap rows with heap_multi_insert (one WAL
- * record per page rather than per row), then each plain-column index with
- * its IndexInfo built once for the batch.  Indexes with expressions or a
- * predicate go through the executor's general path, row by row.  Used by
- * the statement-level triggers; the caller bounds n to keep the batch's
- * memory small.
+ * Starts writing events to the outbox in batches.  The writer lives in the
+ * current memory context and keeps the outbox open until
+ * messaging_outbox_writer_end().
  */
-void
-messaging_outbox_insert_many(const OutboxEvent *evs, int n)
+OutboxWriter *
+messaging_outbox_writer_begin(void)
 {
-	Relation	rel;
-	TupleDesc	desc;
-	TupleTableSlot **slots;
-	Datum	  (*values)[Natts_outbox];
-	bool	  (*nulls)[Natts_outbox];
-	const char *last_s[3] = {NULL, NULL, NULL};
-	Datum		last_d[3] = {0, 0, 0};
-	Datum	  **rowvalues;
-	bool	  **rownulls;
+	MemoryContext cxt;
+	MemoryContext old;
+	OutboxWriter *w;
+
+	cxt = AllocSetContextCreate(CurrentMemoryContext, "messaging outbox writer",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(cxt);
+	w = palloc0(sizeof(OutboxWriter));
+	w->cxt = cxt;
+	w->batch_cxt = AllocSetContextCreate(cxt, "messaging outbox batch",
+										 OUTBOX_BATCH_BLOCK,
+										 OUTBOX_BATCH_BLOCK,
+										 OUTBOX_BATCH_BLOCK);
+	w->rel = table_open(messaging_outbox_relid(), RowExclusiveLock);
+	messaging_check_columns(w->rel, Natts_outbox);
+	/* an unreferenced copy spares the resource owner a pin per slot */
+	w->desc = CreateTupleDescCopy(RelationGetDescr(w->rel));
+	MemoryContextSwitchTo(old);
+	return w;
+}
+
+/* Writes the current batch: heap rows, then index entries. */
+static void
+writer_flush(OutboxWriter *w)
+{
+	MemoryContext old;
 	int			i;
 
-	if (n <= 0)
+	if (w->n == 0)
 		return;
 
-	rel = table_open(messaging_outbox_relid(), RowExclusiveLock);
-	messaging_check_columns(rel, Natts_outbox);
-	/* an unreferenced copy spares the resource owner a pin per slot */
-	desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	old = MemoryContextSwitchTo(w->batch_cxt);
+	heap_multi_insert(w->rel, w->slots, w->n, GetCurrentCommandId(true), 0,
+					  NULL);
+	/* the index values point into the tuples, which stay put */
+	for (i = 0; i < w->n; i++)
+		slot_getallattrs(w->slots[i]);
+	messaging_index_rows(w->rel, w->slots, w->values, w->nulls, w->n);
+	MemoryContextSwitchTo(old);
 
-	slots = palloc(sizeof(TupleTableSlot *) * n);
-	values = palloc(sizeof(*values) * n);
-	nulls = palloc(sizeof(*nulls) * n);
-	for (i = 0; i < n; i++)
+	for (i = 0; i < w->n; i++)
+		ExecClearTuple(w->slots[i]);
+	MemoryContextReset(w->batch_cxt);
+	w->written += w->n;
+	w->n = 0;
+	w->bytes = 0;
+}
+
+/*
+ * Adds one event; the batch is written when full.  The caller has checked
+ * the event's values, as for messaging_outbox_insert().
+ */
+void
+messaging_outbox_writer_add(OutboxWriter *w, const OutboxEvent *ev)
+{
+	Datum		v[Natts_outbox];
+	bool		nl[Natts_outbox];
+	MemoryContext old;
+	HeapTuple	tuple;
+
+	memset(nl, false, sizeof(nl));
+	v[Anum_outbox_id - 1] = UUIDPGetDatum(&ev->id);
+	v[Anum_outbox_event_type - 1] =
+		writer_text(w, OUTBOX_TEXT_EVENT_TYPE, ev->event_type,
+					&nl[Anum_outbox_event_type - 1]);
+	v[Anum_outbox_payload - 1] = ev->payload;
+	v[Anum_outbox_target_app - 1] =
+		writer_text(w, OUTBOX_TEXT_TARGET_APP, ev->target_app,
+					&nl[Anum_outbox_target_app - 1]);
+	v[Anum_outbox_tenant_id - 1] =
+		writer_text(w, OUTBOX_TEXT_TENANT_ID, ev->tenant_id,
+					&nl[Anum_outbox_tenant_id - 1]);
+	v[Anum_outbox_source_app - 1] =
+		writer_text(w, OUTBOX_TEXT_SOURCE_APP, ev->source_app,
+					&nl[Anum_outbox_source_app - 1]);
+	v[Anum_outbox_correlation_id - 1] =
+		cstring_datum_or_null(ev->correlation_id,
+							  &nl[Anum_outbox_correlation_id - 1]);
+	v[Anum_outbox_created_at - 1] = TimestampTzGetDatum(ev->created_at);
+	v[Anum_outbox_attempts - 1] = Int32GetDatum(0);
+	nl[Anum_outbox_last_error - 1] = true;
+
+	/* slots are made as the first batch grows and kept for the next */
+	if (w->n == w->nslots)
 	{
-		const OutboxEvent *ev = &evs[i];
-		Datum	   *v = values[i];
-		bool	   *nl = nulls[i];
-		bool		dummy;
+		TupleTableSlot *slot;
 
-		memset(nl, false, sizeof(nulls[i]));
-		v[Anum_outbox_id - 1] = UUIDPGetDatum(&ev->id);
-		v[Anum_outbox_event_type - 1] =
-			outbox_text(ev->event_type, &last_s[0], &last_d[0], &dummy);
-		v[Anum_outbox_payload - 1] = ev->payload;
-		v[Anum_outbox_target_app - 1] =
-			outbox_text(ev->target_app, &last_s[1], &last_d[1],
-						&nl[Anum_outbox_target_app - 1]);
-		v[Anum_outbox_tenant_id - 1] =
-			cstring_datum_or_null(ev->tenant_id, &nl[Anum_outbox_tenant_id - 1]);
-		v[Anum_outbox_source_app - 1] =
-			outbox_text(ev->source_app, &last_s[2], &last_d[2], &dummy);
-		v[Anum_outbox_correlation_id - 1] =
-			cstring_datum_or_null(ev->correlation_id,
-								  &nl[Anum_outbox_correlation_id - 1]);
-		v[Anum_outbox_created_at - 1] = TimestampTzGetDatum(ev->created_at);
-		v[Anum_outbox_attempts - 1] = Int32GetDatum(0);
-		nl[Anum_outbox_last_error - 1] = true;
-
-		slots[i] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
-		ExecStoreHeapTuple(heap_form_tuple(desc, v, nl), slots[i], true);
+		old = MemoryContextSwitchTo(w->cxt);
+		slot = MakeSingleTupleTableSlot(w->desc, &TTSOpsHeapTuple);
+		MemoryContextSwitchTo(old);
+		w->slots[w->nslots] = slot;
+		w->values[w->nslots] = slot->tts_values;
+		w->nulls[w->nslots] = slot->tts_isnull;
+		w->nslots++;
 	}
 
-	heap_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, NULL);
+	old = MemoryContextSwitchTo(w->batch_cxt);
+	tuple = heap_form_tuple(w->desc, v, nl);
+	/* the slot owns the tuple, so that heap_multi_insert need not copy it */
+	ExecStoreHeapTuple(tuple, w->slots[w->n], true);
+	MemoryContextSwitchTo(old);
 
-	rowvalues = palloc(sizeof(Datum *) * n);
-	rownulls = palloc(sizeof(bool *) * n);
-	for (i = 0; i < n; i++)
-	{
-		rowvalues[i] = values[i];
-		rownulls[i] = nulls[i];
-	}
-	messaging_index_rows(rel, slots, rowvalues, rownulls, n);
-	pfree(rowvalues);
-	pfree(rownulls);
+	w->bytes += tuple->t_len;
+	if (++w->n == OUTBOX_BATCH_ROWS || w->bytes >= OUTBOX_BATCH_BYTES)
+		writer_flush(w);
+}
 
-	for (i = 0; i < n; i++)
-		ExecDropSingleTupleTableSlot(slots[i]);
-	pfree(slots);
-	pfree(values);
-	pfree(nulls);
-	FreeTupleDesc(desc);
-	table_close(rel, NoLock);
+/*
+ * Writes what is left, closes the outbox and frees the writer; returns how
+ * many events were written.
+ */
+uint64
+messaging_outbox_writer_end(OutboxWriter *w)
+{
+	uint64		written;
+	int			i;
 
-	messaging_note_outbox_write();
+	writer_flush(w);
+	written = w->written;
+	for (i = 0; i < w->nslots; i++)
+		ExecDropSingleTupleTableSlot(w->slots[i]);
+	table_close(w->rel, NoLock);
+	MemoryContextDelete(w->cxt);
+
+	if (written > 0)
+		messaging_note_outbox_write();
+	return written;
 }

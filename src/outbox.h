@@ -44,6 +44,12 @@ typedef struct OutboxEvent
 
 extern Oid	messaging_outbox_relid(void);
 extern void messaging_outbox_insert(const OutboxEvent *ev);
-extern void messaging_outbox_insert_many(const OutboxEvent *evs, int n);
+
+/* Writing the events of one statement in batches. */
+typedef struct OutboxWriter OutboxWriter;
+
+extern OutboxWriter *messaging_outbox_writer_begin(void);
+extern void messaging_outbox_writer_add(OutboxWriter *w, const OutboxEvent *ev);
+extern uint64 messaging_outbox_writer_end(OutboxWriter *w);
 
 #endif							/* MESSAGING_OUTBOX_H */

@@ -1184,33 +1184,93 @@ trg_outbox_owner(void)
 	return owner;
 }
 
-/* Events the statement form hands to the outbox at a time. */
-#define TRG_BATCH_SIZE	1000
+/*
+ * The tenant id of each row of a statement, remembering the last value:
+ * the rows of one statement mostly share their tenant, whose text is then
+ * produced and checked once.
+ */
+typedef struct TrgTenantCache
+{
+	MemoryContext cxt;			/* holds the copies below */
+	bool		valid;
+	Datum		value;			/* copy of the last value, in cxt */
+	char	   *text;			/* its checked text, in cxt */
+} TrgTenantCache;
+
+static const char *
+trg_cached_tenant(TrgArgs *a, TrgTenantCache *tc, TupleTableSlot *slot)
+{
+	Form_pg_attribute att;
+	MemoryContext old;
+	bool		isnull;
+	Datum		value;
+	char	   *text;
+
+	if (a->tenant_attnum == InvalidAttrNumber)
+		return NULL;
+	value = slot_getattr(slot, a->tenant_attnum, &isnull);
+	if (isnull)
+		return NULL;
+	att = TupleDescAttr(slot->tts_tupleDescriptor, a->tenant_attnum - 1);
+	if (tc->valid && datum_image_eq(value, tc->value, att->attbyval,
+									att->attlen))
+		return tc->text;
+
+	text = trg_tenant_text(&a->tenant_out, value);
+	if (tc->valid)
+	{
+		if (!att->attbyval)
+			pfree(DatumGetPointer(tc->value));
+		pfree(tc->text);
+	}
+	old = MemoryContextSwitchTo(tc->cxt);
+	tc->value = datumCopy(value, att->attbyval, att->attlen);
+	tc->text = pstrdup(text);
+	MemoryContextSwitchTo(old);
+	tc->valid = true;
+	return tc->text;
+}
 
 /*
  * The statement form of INSERT and DELETE: one event per row of the
- * transition table, written in batches with the multi-row outbox insert.
+ * transition table, written in batches by the outbox's multi-row writer.
  * Every event of the statement has the same time; the ids keep the order
  * of the rows.
+ *
+ * Each row is rendered in a memory context reset after the row, since the
+ * writer copies what it keeps: the statement's memory stays at one row's
+ * rendering plus one batch whatever the number of rows, and that memory
+ * is reused rather than freshly allocated (and faulted in) row after row.
  */
 static void
 trg_fire_rows(TriggerData *td, TrgArgs *a, Tuplestorestate *rows,
 			  const char *event_type)
 {
-	MemoryContext batch_cxt;
+	MemoryContext row_cxt;
 	MemoryContext old;
 	TupleTableSlot *slot;
-	OutboxEvent *evs;
+	OutboxWriter *writer;
+	OutboxEvent ev;
+	TrgTenantCache tenants;
 	TimestampTz now = GetCurrentTimestamp();
 	int			readptr;
-	int			n = 0;
 
-	batch_cxt = AllocSetContextCreate(CurrentMemoryContext,
-									  "messaging event batch",
-									  ALLOCSET_DEFAULT_SIZES);
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext,
+									"messaging event row",
+									ALLOCSET_DEFAULT_SIZES);
 	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation),
 									&TTSOpsMinimalTuple);
-	evs = palloc(sizeof(OutboxEvent) * TRG_BATCH_SIZE);
+	memset(&tenants, 0, sizeof(tenants));
+	tenants.cxt = AllocSetContextCreate(CurrentMemoryContext,
+										"messaging event tenant",
+										ALLOCSET_SMALL_SIZES);
+	writer = messaging_outbox_writer_begin();
+
+	ev.event_type = event_type;
+	ev.target_app = a->target_app;
+	ev.source_app = messaging_app_name;
+	ev.correlation_id = NULL;
+	ev.created_at = now;
 
 	/* a read pointer of our own leaves the others where they are */
 	readptr = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
@@ -1219,39 +1279,26 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, Tuplestorestate *rows,
 
 	/*
 	 * Rows read back from a spilled tuplestore belong to the slot, so they
-	 * are fetched outside the batch's context, which is reset.
+	 * are fetched outside the row's context.
 	 */
 	while (tuplestore_gettupleslot(rows, true, false, slot))
 	{
-		OutboxEvent *ev = &evs[n];
-
 		CHECK_FOR_INTERRUPTS();
-		old = MemoryContextSwitchTo(batch_cxt);
-		ev->event_type = event_type;
-		ev->payload = JsonbPGetDatum(trg_row_jsonb(a, slot));
-		messaging_check_payload_size(ev->payload, "payload");
-		ev->target_app = a->target_app;
-		ev->tenant_id = trg_row_tenant(a, slot);
-		ev->source_app = messaging_app_name;
-		ev->correlation_id = NULL;
-		ev->created_at = now;
-		messaging_uuid7_generate(now, &ev->id);
-		if (++n == TRG_BATCH_SIZE)
-		{
-			messaging_outbox_insert_many(evs, n);
-			n = 0;
-		}
+		old = MemoryContextSwitchTo(row_cxt);
+		ev.payload = JsonbPGetDatum(trg_row_jsonb(a, slot));
+		messaging_check_payload_size(ev.payload, "payload");
+		ev.tenant_id = trg_cached_tenant(a, &tenants, slot);
 		MemoryContextSwitchTo(old);
-		if (n == 0)
-			MemoryContextReset(batch_cxt);
+		messaging_uuid7_generate(now, &ev.id);
+		messaging_outbox_writer_add(writer, &ev);
+		MemoryContextReset(row_cxt);
 	}
-	if (n > 0)
-		messaging_outbox_insert_many(evs, n);
+	(void) messaging_outbox_writer_end(writer);
 
 	tuplestore_select_read_pointer(rows, 0);
 	ExecDropSingleTupleTableSlot(slot);
-	pfree(evs);
-	MemoryContextDelete(batch_cxt);
+	MemoryContextDelete(tenants.cxt);
+	MemoryContextDelete(row_cxt);
 }
 
 static void
