@@ -124,8 +124,10 @@ consumer_pids+=("$!")
 echo "crm-demo     <- inter-app-events 'crm.#', inter-app-broadcast"
 echo "billing-demo <- inter-app-events 'billing.#', inter-app-broadcast"
 
-say "CREATE EXTENSION messaging"
+say "CREATE EXTENSION messaging, and handlers for incoming events (demo/handlers.sql)"
 psql_demo -c 'CREATE EXTENSION messaging'
+psql_demo -q -f "$ROOT/demo/handlers.sql" > /dev/null
+psql_demo -c "SELECT pattern, handler, owner FROM messaging.handlers ORDER BY id"
 
 say "scenario (demo/scenario.sql)"
 psql_demo -q -At -f "$ROOT/demo/scenario.sql" > "$DIR/scenario.out"
@@ -133,8 +135,14 @@ echo "scenario done: $(grep -c . "$DIR/scenario.out" || true) publish_event call
 
 # ---- queries on the extension's own objects: keep them here ----
 OUTBOX_COUNT_SQL='SELECT count(*) FROM messaging.outbox'
-STATUS_SQL='SELECT * FROM messaging.connection_status'
-COUNTERS_SQL='SELECT * FROM messaging.event_counters'
+STATUS_SQL='SELECT worker, pid, state, broker_host, broker_port, reconnects, published, failed, backlog, last_error FROM messaging.connection_status'
+COUNTERS_SQL="SELECT coalesce(nullif(tenant_id, ''), '-') AS tenant, source_app, coalesce(nullif(target_app, ''), '*') AS target_app, event_type, published, acknowledged, failed, received, unhandled FROM messaging.event_counters ORDER BY 1, 2, 3, 4"
+AWAITING_SQL='SELECT count(*) FROM messaging.awaiting_ack'
+HANDLED_SQL='SELECT count(*) FROM messaging.handled_events'
+LOCAL_SQL="SELECT 'user' AS kind, id, tenant, email AS detail, active::text AS state FROM app.users UNION ALL SELECT 'org', id, tenant, name, '' FROM app.orgs UNION ALL SELECT 'role', id, tenant, name, '' FROM app.roles UNION ALL SELECT 'credit', account, tenant, amount::text, granted_by FROM app.credits ORDER BY 1, 2"
+MATRIX_SQL="SELECT coalesce(tenant_id, '-') AS tenant, source_app, target_app, published, acknowledged, failed, pending, round(success_rate * 100, 1) AS success_pct FROM messaging.communication_matrix ORDER BY 1, 2, 3"
+FAILED_SQL='SELECT event_type, target_app, tenant_id, reason, error FROM messaging.failed_events ORDER BY failed_at'
+HEALTH_SQL='SELECT * FROM messaging.sync_health'
 # ----------------------------------------------------------------
 
 say "waiting for the relay to drain the outbox"
@@ -187,13 +195,89 @@ show() {
 show crm "$DIR/crm.jsonl" "$EXPECT_CRM"
 show billing "$DIR/billing.jsonl" "$EXPECT_BILLING"
 
+# The other applications answer: crm acknowledges every event addressed to
+# it, billing all but one, which it refuses (a negative acknowledgement).
+# They also send events of their own to this application's queue, which
+# its handlers apply to the local tables.
+say "crm and billing acknowledge what they received and send events of their own"
+PUBLISH_JS="$ROOT/test/interop/publish.js"
+acks() {
+    # acks FILE SOURCE NEGATIVE: one event.acknowledged per directed message
+    perl -MJSON::PP -e '
+        use strict; use warnings;
+        my ($source, $negative) = @ARGV;
+        my $json = JSON::PP->new->canonical;
+        my @ids;
+        while (my $line = <STDIN>) {
+            next unless $line =~ /\S/;
+            my $m = $json->decode($line);
+            next unless $m->{exchange} eq "inter-app-events";
+            push @ids, $m->{properties}{messageId};
+        }
+        for my $i (0 .. $#ids) {
+            open(my $u, "<", "/proc/sys/kernel/random/uuid") or die;
+            chomp(my $uuid = <$u>);
+            my $ok = !($negative && $i == $#ids);
+            my $data = { event_id => $ids[$i], success => $ok ? JSON::PP::true : JSON::PP::false };
+            $data->{error} = "account is frozen pending a billing review" unless $ok;
+            print $json->encode({ specversion => "1.0", id => $uuid, source => $source,
+                type => "event.acknowledged", time => "2026-12-04T10:00:00Z",
+                datacontenttype => "application/json", data => $data }), "\n";
+        }' "$2" "$3" < "$1"
+}
+acks "$DIR/crm.jsonl" crm 0 > "$DIR/crm-acks.jsonl"
+acks "$DIR/billing.jsonl" billing 1 > "$DIR/billing-acks.jsonl"
+node "$PUBLISH_JS" --url "$URL" --routing-key wrapper-events --app-id crm \
+    --bodies-file "$DIR/crm-acks.jsonl" > /dev/null
+node "$PUBLISH_JS" --url "$URL" --routing-key wrapper-events --app-id billing \
+    --bodies-file "$DIR/billing-acks.jsonl" > /dev/null
+incoming=0
+send() {
+    # send SOURCE TYPE TENANT DATA: one event from another application
+    node "$PUBLISH_JS" --url "$URL" --exchange inter-app-events \
+        --routing-key "wrapper.$2" --app-id "$1" --source "$1" \
+        --event "$2" --tenant "$3" --data "$4" > /dev/null
+    incoming=$((incoming + 1))
+}
+send crm user.created acme '{"user_id": "usr-acme-0042", "email": "road.runner@acme.example"}'
+send crm user.created globex '{"user_id": "usr-globex-0007", "email": "hank@globex.example"}'
+send crm user.deactivated globex '{"user_id": "usr-globex-0007"}'
+send crm org.created initech '{"org_id": "org-initech-emea", "name": "Initech EMEA"}'
+send crm role.created acme '{"role_id": "role-acme-support", "name": "Support"}'
+send crm role.updated acme '{"role_id": "role-acme-support", "name": "Customer Support"}'
+send billing credit.allocated acme '{"account_id": "acct-acme", "amount": {"value": "250.00", "currency": "USD"}}'
+send billing credit.allocated globex '{"account_id": "acct-globex", "amount": {"value": "75.50", "currency": "USD"}}'
+acks_sent=$(( $(count_lines "$DIR/crm-acks.jsonl") + $(count_lines "$DIR/billing-acks.jsonl") ))
+echo "sent ${acks_sent} acknowledgements and ${incoming} events to the queue wrapper-events"
+
+# The consumer handles them; the wrapper's own broadcasts come back to its
+# queue too (the handlers skip them).
+deadline=$((SECONDS + TIMEOUT))
+while [ "$SECONDS" -lt "$deadline" ]; do
+    if [ "$(psql_demo -Atc "$AWAITING_SQL")" = 0 ] &&
+       [ "$(psql_demo -Atc "$HANDLED_SQL")" -ge $((acks_sent + incoming)) ]; then
+        break
+    fi
+    sleep 0.5
+done
+[ "$(psql_demo -Atc "$AWAITING_SQL")" = 0 ] || ok=0
+
+say "the wrapper's local tables, kept in step by its handlers"
+psql_demo -c "$LOCAL_SQL" || ok=0
+
 say "messaging.connection_status"
 psql_demo -c "$STATUS_SQL" || ok=0
-say "counters"
+say "messaging.event_counters (hourly; '*' is a broadcast)"
 psql_demo -c "$COUNTERS_SQL" || ok=0
+say "messaging.failed_events"
+psql_demo -c "$FAILED_SQL" || ok=0
+say "messaging.communication_matrix: who talks to whom, per tenant"
+psql_demo -c "$MATRIX_SQL" || ok=0
+say "messaging.sync_health"
+psql_demo -x -c "$HEALTH_SQL" || ok=0
 
 if [ "$ok" = 1 ]; then
-    say "demo OK: every committed event arrived once, the rolled-back ones did not"
+    say "demo OK: every committed event arrived once, the rolled-back ones did not; incoming events were handled"
 else
     say "demo FAILED (see above)"
     exit 1
