@@ -179,6 +179,7 @@ typedef struct TrgArgs
 	int			nexcluded;
 	char	  **excluded_names;
 	int		   *kept_name_lens;
+	int		   *kept_order;		/* kept columns in jsonb key order */
 	TrgColKind *kept_kinds;		/* how each is rendered */
 	FmgrInfo   *kept_to_jsonb;	/* to_jsonb(<column type>), TRG_COL_OTHER */
 	TupleDesc	kept_desc;		/* the kept columns' attributes */
@@ -374,6 +375,24 @@ trg_column_kind(Oid type)
 }
 
 /*
+ * Orders indexes into names[] as jsonb orders object keys: shorter keys
+ * first, keys of equal length by their bytes.
+ */
+static int
+trg_key_order_cmp(const void *x, const void *y, void *arg)
+{
+	char	  **names = (char **) arg;
+	const char *kx = names[*(const int *) x];
+	const char *ky = names[*(const int *) y];
+	size_t		lx = strlen(kx);
+	size_t		ly = strlen(ky);
+
+	if (lx != ly)
+		return lx < ly ? -1 : 1;
+	return memcmp(kx, ky, lx);
+}
+
+/*
  * Parses a trigger's arguments against its table.  Raises an ERROR naming
  * the trigger and the argument for anything wrong; otherwise returns the
  * result in a new memory context under parent.  need_pkey: the caller is
@@ -556,6 +575,11 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 	a->kept_name_lens = palloc(sizeof(int) * Max(a->nkept, 1));
 	a->kept_kinds = palloc(sizeof(TrgColKind) * Max(a->nkept, 1));
 	a->kept_to_jsonb = palloc0(sizeof(FmgrInfo) * Max(a->nkept, 1));
+	a->kept_order = palloc(sizeof(int) * Max(a->nkept, 1));
+	for (i = 0; i < a->nkept; i++)
+		a->kept_order[i] = i;
+	qsort_arg(a->kept_order, a->nkept, sizeof(int), trg_key_order_cmp,
+			  a->kept_names);
 	for (i = 0; i < a->nkept; i++)
 	{
 		Oid			type = TupleDescAttr(a->kept_desc, i)->atttypid;
@@ -721,28 +745,49 @@ trg_column_value(TrgArgs *a, int i, Datum value, JsonbValue *v)
 /*
  * The kept columns of the row in slot as a jsonb object: what to_jsonb()
  * of a record of those columns returns, built without the record.
+ *
+ * The pairs are laid out in jsonb's key order (kept_order), so a row of
+ * scalars goes straight to the binary form, without the parse state that
+ * collects, sorts and deduplicates the keys; a value that is a container
+ * itself (an array, a composite, a json or jsonb column) takes that way,
+ * which unpacks it.
  */
 static Jsonb *
 trg_row_jsonb(TrgArgs *a, TupleTableSlot *slot)
 {
+	JsonbPair  *pairs = palloc(sizeof(JsonbPair) * Max(a->nkept, 1));
+	bool		nested = false;
+	JsonbValue	obj;
 	JsonbParseState *st = NULL;
-	JsonbValue	k;
-	JsonbValue	v;
-	int			i;
+	int			j;
 
 	slot_getallattrs(slot);
-	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	for (i = 0; i < a->nkept; i++)
+	for (j = 0; j < a->nkept; j++)
 	{
+		int			i = a->kept_order[j];
 		int			att = a->kept_attnums[i] - 1;
 
-		trg_string_value(&k, a->kept_names[i], a->kept_name_lens[i]);
-		pushJsonbValue(&st, WJB_KEY, &k);
+		trg_string_value(&pairs[j].key, a->kept_names[i], a->kept_name_lens[i]);
+		pairs[j].order = j;
 		if (slot->tts_isnull[att])
-			v.type = jbvNull;
+			pairs[j].value.type = jbvNull;
 		else
-			trg_column_value(a, i, slot->tts_values[att], &v);
-		pushJsonbValue(&st, WJB_VALUE, &v);
+			trg_column_value(a, i, slot->tts_values[att], &pairs[j].value);
+		nested |= pairs[j].value.type == jbvBinary;
+	}
+	if (!nested)
+	{
+		obj.type = jbvObject;
+		obj.val.object.nPairs = a->nkept;
+		obj.val.object.pairs = pairs;
+		return JsonbValueToJsonb(&obj);
+	}
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	for (j = 0; j < a->nkept; j++)
+	{
+		pushJsonbValue(&st, WJB_KEY, &pairs[j].key);
+		pushJsonbValue(&st, WJB_VALUE, &pairs[j].value);
 	}
 	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 }
