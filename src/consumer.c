@@ -419,7 +419,9 @@ consumer_connect(void)
 		ereport(LOG,
 				(errmsg("\"%s\" is above the heartbeat interval of %d s",
 						"messaging.handler_timeout", conn.heartbeat),
-				 errdetail("No heartbeat is sent while a handler runs, so the broker may close the connection of a slow handler, and the event is then redelivered."),
+				 errdetail("No heartbeat is sent while a handler runs, so the broker "
+						   "may close the connection of a slow handler, and the "
+						   "event is then redelivered."),
 				 errhint("Lower \"%s\" or raise \"%s\".",
 						 "messaging.handler_timeout", "messaging.heartbeat")));
 	return true;

@@ -897,7 +897,8 @@ relay_drain(void)
 
 	if (pass.nevents > 0)
 		elog(DEBUG1, "messaging relay published %d events, %d failed, %d unsettled"
-			 " (publish %ld us [fetch %ld, window %ld], confirm %ld us, record %ld us, commit %ld us)",
+			 " (publish %ld us [fetch %ld, window %ld], confirm %ld us,"
+			 " record %ld us, commit %ld us)",
 			 published, failed, pass.unconfirmed,
 			 (long) (t_published - t_start), (long) t_fetch, (long) t_window,
 			 (long) (t_confirmed - t_published),
