@@ -10,7 +10,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PACKAGES=(postgresql-15 postgresql-server-dev-15 librabbitmq-dev
-          rabbitmq-server libipc-run-perl make gcc rsync)
+          rabbitmq-server libipc-run-perl make gcc rsync openssl)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
