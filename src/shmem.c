@@ -223,6 +223,8 @@ msg_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* COMMIT PREPARED is seen by the relay's fallback poll */
 			msg_outbox_written = false;
 			break;
 		default:
