@@ -34,6 +34,7 @@
 
 PG_FUNCTION_INFO_V1(messaging_publish_event);
 PG_FUNCTION_INFO_V1(messaging_connection_status);
+PG_FUNCTION_INFO_V1(messaging_counter_writer);
 
 static const char *
 text_arg_or_null(FunctionCallInfo fcinfo, int argno)
@@ -181,4 +182,26 @@ messaging_connection_status(PG_FUNCTION_ARGS)
 	}
 
 	return (Datum) 0;
+}
+
+/*
+ * messaging._counter_writer() RETURNS smallint
+ *
+ * The counter rows the calling process writes: 0 for the relay, 2 for the
+ * consumer, 1 for any other session.  Keeping the workers' rows apart from
+ * the sessions' means that a session's open transaction never makes a
+ * worker wait for a counter row.
+ */
+Datum
+messaging_counter_writer(PG_FUNCTION_ARGS)
+{
+	MessagingWorkerStatus st;
+
+	messaging_status_read(MSG_WORKER_RELAY, &st);
+	if (st.pid == MyProcPid)
+		PG_RETURN_INT16(0);
+	messaging_status_read(MSG_WORKER_CONSUMER, &st);
+	if (st.pid == MyProcPid)
+		PG_RETURN_INT16(2);
+	PG_RETURN_INT16(1);
 }

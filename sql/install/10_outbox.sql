@@ -73,6 +73,11 @@ CREATE INDEX awaiting_ack_published_at_idx ON messaging.awaiting_ack (published_
  * source application, target application and event type; '' stands for
  * "no tenant" and, in target_app, for a broadcast.  Written in aggregate,
  * one upsert per key and relay pass.
+ *
+ * Each key has a row per writer (0 the relay, 2 the consumer, 1 any other
+ * session, see messaging._counter_writer()): an application transaction
+ * that acknowledged an event holds its counter row until it ends, and the
+ * workers must never wait for it.  Readers add the rows up.
  */
 CREATE TABLE messaging.event_counters (
 	bucket			timestamptz NOT NULL,
@@ -86,7 +91,8 @@ CREATE TABLE messaging.event_counters (
 	received		bigint NOT NULL DEFAULT 0,
 	unhandled		bigint NOT NULL DEFAULT 0,
 	last_event_at	timestamptz,
-	PRIMARY KEY (bucket, tenant_id, source_app, target_app, event_type)
+	writer			smallint NOT NULL DEFAULT 1,
+	PRIMARY KEY (bucket, tenant_id, source_app, target_app, event_type, writer)
 );
 
 COMMENT ON TABLE messaging.event_counters IS
@@ -125,8 +131,15 @@ LANGUAGE C IMMUTABLE;
 COMMENT ON FUNCTION messaging.event_envelope(uuid, text, text, timestamptz, jsonb, text, text, text) IS
 	'the CloudEvents envelope of an event, as the relay publishes it';
 
+/* Which counter rows the calling process writes (see event_counters). */
+CREATE FUNCTION messaging._counter_writer()
+RETURNS smallint
+AS 'MODULE_PATHNAME', 'messaging_counter_writer'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
 /*
- * Bumps the counters; used by both workers with one row per key.
+ * Bumps the counters, one upsert per key, in the rows of the calling
+ * process's writer.
  */
 CREATE FUNCTION messaging._bump_counters(
 	tenant_ids text[], source_apps text[], target_apps text[],
@@ -138,14 +151,16 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 	INSERT INTO messaging.event_counters AS c
 		(bucket, tenant_id, source_app, target_app, event_type,
-		 published, acknowledged, failed, received, unhandled, last_event_at)
+		 published, acknowledged, failed, received, unhandled, last_event_at,
+		 writer)
 	SELECT date_trunc('hour', now()), coalesce(t, ''), s, coalesce(g, ''), e,
-		   sum(p), sum(a), sum(f), sum(r), sum(u), now()
+		   sum(p), sum(a), sum(f), sum(r), sum(u), now(),
+		   messaging._counter_writer()
 	FROM unnest(tenant_ids, source_apps, target_apps, event_types,
 				published, acknowledged, failed, received, unhandled)
 		AS x(t, s, g, e, p, a, f, r, u)
 	GROUP BY 1, 2, 3, 4, 5
-	ON CONFLICT (bucket, tenant_id, source_app, target_app, event_type)
+	ON CONFLICT (bucket, tenant_id, source_app, target_app, event_type, writer)
 	DO UPDATE SET published = c.published + excluded.published,
 				  acknowledged = c.acknowledged + excluded.acknowledged,
 				  failed = c.failed + excluded.failed,
