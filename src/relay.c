@@ -84,7 +84,8 @@ typedef enum RelayOutcome
 	RELAY_INFLIGHT = 0,			/* published, no confirm yet */
 	RELAY_ACKED,
 	RELAY_NACKED,
-	RELAY_RETURNED				/* unroutable: basic.return received */
+	RELAY_RETURNED,				/* unroutable: basic.return received */
+	RELAY_REJECTED				/* cannot be published at all */
 } RelayOutcome;
 
 /* One outbox row of the current pass. */
@@ -100,8 +101,9 @@ typedef struct RelayEvent
 	char	   *routing_key;
 	int32		attempts;
 	TimestampTz created_at;
+	uint64		tag;			/* delivery tag; 0 when never published */
 	RelayOutcome outcome;
-	bool		confirmed;		/* the broker's ack or nack has arrived */
+	bool		confirmed;		/* settled: acked, nacked, or rejected */
 	char	   *error;
 } RelayEvent;
 
@@ -109,9 +111,8 @@ typedef struct RelayEvent
 typedef struct RelayPass
 {
 	RelayEvent *events;
-	int			nevents;		/* events read (and published) */
+	int			nevents;		/* events read (and published or rejected) */
 	int			capacity;
-	uint64		first_tag;		/* delivery tag of events[0] */
 	int			unconfirmed;	/* published events not yet acked or nacked */
 	int			low;			/* no event below this one is in flight */
 	int			recorded;		/* events below this one are recorded */
@@ -124,6 +125,18 @@ static uint64 next_tag = 1;		/* delivery tag of the next publish */
 static char *connected_url = NULL;
 static bool extension_ready = false;
 static AmqpLink broker = {&conn, &backoff, MSG_WORKER_RELAY, "relay"};
+
+/*
+ * A broker closes the channel over a message it refuses outright (406
+ * PRECONDITION_FAILED, e.g. larger than its max_message_size), and the
+ * messages then in flight are lost with no confirm.  The relay then
+ * publishes one message at a time ("isolating") up to the last event that
+ * was in flight, so that the next close names the culprit, which fails,
+ * while the others go out.
+ */
+static unsigned channel_close_code = 0;	/* of the last channel close */
+static bool isolating = false;
+static pg_uuid_t isolate_upto;
 static MemoryContext pass_context = NULL;
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr outcome_plan = NULL;
@@ -163,7 +176,6 @@ relay_connect(void)
 	amqp_confirm_select(conn.state, 1);
 	if (!amqp_conn_reply_ok(&conn, "enable publisher confirms"))
 		goto fail;
-
 	next_tag = 1;
 	if (connected_url)
 		pfree(connected_url);
@@ -187,12 +199,20 @@ relay_lost_connection(void)
 	amqp_link_lost(&broker);
 }
 
+/* The event published with a delivery tag; tags grow with the index. */
 static RelayEvent *
 event_for_tag(RelayPass *pass, uint64 tag)
 {
-	if (tag < pass->first_tag || tag >= pass->first_tag + pass->nevents)
-		return NULL;
-	return &pass->events[tag - pass->first_tag];
+	int			i;
+
+	for (i = pass->low; i < pass->nevents; i++)
+	{
+		if (pass->events[i].tag == tag)
+			return &pass->events[i];
+		if (pass->events[i].tag > tag)
+			break;
+	}
+	return NULL;
 }
 
 /*
@@ -220,7 +240,8 @@ handle_confirm(RelayPass *pass, uint64 tag, bool multiple, bool ack)
 	if (multiple)
 	{
 		while (pass->low < pass->nevents &&
-			   pass->first_tag + pass->low <= tag)
+			   (pass->events[pass->low].confirmed ||
+				pass->events[pass->low].tag <= tag))
 			settle(pass, &pass->events[pass->low++], ack);
 	}
 	else
@@ -363,6 +384,7 @@ relay_read_frames(RelayPass *pass, long timeout_ms)
 							 "broker closed the publishing channel: %u %.*s",
 							 m->reply_code, (int) m->reply_text.len,
 							 (char *) m->reply_text.bytes);
+					channel_close_code = m->reply_code;
 					(void) amqp_send_method(conn.state, frame.channel,
 											AMQP_CHANNEL_CLOSE_OK_METHOD, &ok);
 					return false;
@@ -539,13 +561,29 @@ publish_row(RelayPass *pass, HeapTuple tup, TupleDesc desc,
 		props.correlation_id = amqp_cstring_bytes(correlation_id);
 	}
 
+	/*
+	 * AMQP short strings hold 255 bytes; publish_event() keeps within that,
+	 * but a row written into the outbox by other means may not.  Such an
+	 * event can never be sent: it fails without reaching the broker.
+	 */
+	if (key->len > 255 || strlen(ev->event_type) > 255 ||
+		strlen(ev->source_app) > 255 ||
+		(correlation_id != NULL && strlen(correlation_id) > 255))
+	{
+		ev->outcome = RELAY_REJECTED;
+		ev->confirmed = true;
+		ev->error = MemoryContextStrdup(pass_context,
+										"the routing key, type, source application or "
+										"correlation id is longer than AMQP's 255 bytes");
+		pass->nevents++;
+		return true;
+	}
+
 	if (amqp_conn_publish(&conn, 1, exchange, key->data, true, &props,
 						  amqp_cstring_bytes(body->data)) != AMQP_STATUS_OK)
 		return false;
 
-	if (pass->nevents == 0)
-		pass->first_tag = next_tag;
-	next_tag++;
+	ev->tag = next_tag++;
 	ev->outcome = RELAY_INFLIGHT;
 	pass->nevents++;
 	pass->unconfirmed++;
@@ -650,6 +688,10 @@ record_outcomes(RelayPass *pass, int upto, int *published, int *failed)
 				outcome = "unroutable";
 				(*failed)++;
 				break;
+			case RELAY_REJECTED:
+				outcome = "unpublishable";
+				(*failed)++;
+				break;
 			case RELAY_NACKED:
 				if (ev->attempts + 1 >= messaging_publish_max_attempts)
 				{
@@ -740,6 +782,68 @@ remember_outcomes(RelayPass *pass)
 }
 
 /*
+ * The broker closed the channel over a message it refuses (see
+ * isolating).  Publishing one at a time, the one message in flight is the
+ * culprit: it fails.  Otherwise the relay starts isolating, up to the last
+ * event in flight.
+ */
+static void
+isolate_refused(RelayPass *pass)
+{
+	RelayEvent *last = NULL;
+	int			i;
+
+	for (i = pass->low; i < pass->nevents; i++)
+	{
+		RelayEvent *ev = &pass->events[i];
+
+		if (ev->tag != 0 && !ev->confirmed)
+			last = ev;
+	}
+	if (last == NULL)
+		return;
+
+	if (isolating && pass->unconfirmed == 1)
+	{
+		char		idbuf[UUID_LEN * 2 + 5];
+
+		last->outcome = RELAY_REJECTED;
+		last->confirmed = true;
+		last->error = MemoryContextStrdup(pass_context, conn.error);
+		pass->unconfirmed--;
+		messaging_format_uuid(&last->id, idbuf);
+		ereport(LOG,
+				(errmsg("messaging relay could not publish event %s", idbuf),
+				 errdetail("RabbitMQ refused it: %s", conn.error),
+				 errhint("The event is recorded in messaging.failed_events.")));
+		return;
+	}
+
+	isolating = true;
+	memcpy(&isolate_upto, &last->id, sizeof(pg_uuid_t));
+	ereport(LOG,
+			(errmsg("messaging relay publishes one message at a time to find the event RabbitMQ refused"),
+			 errdetail("%s", conn.error)));
+}
+
+/*
+ * Opens the publishing channel, in confirm mode.  Delivery tags start
+ * again at 1.
+ */
+static bool
+open_channel(void)
+{
+	amqp_channel_open(conn.state, 1);
+	if (!amqp_conn_reply_ok(&conn, "open channel"))
+		return false;
+	amqp_confirm_select(conn.state, 1);
+	if (!amqp_conn_reply_ok(&conn, "enable publisher confirms"))
+		return false;
+	next_tag = 1;
+	return true;
+}
+
+/*
  * One pass over the outbox, in one transaction.  Returns true when the
  * outbox probably holds more rows right now.
  */
@@ -766,6 +870,7 @@ relay_drain(void)
 	MemoryContextReset(pass_context);
 	memset(&pass, 0, sizeof(pass));
 	memset(&after, 0, sizeof(after));
+	channel_close_code = 0;
 	pass.capacity = Max(messaging_publish_batch_size, 16);
 	pass.events = MemoryContextAlloc(pass_context,
 									 sizeof(RelayEvent) * pass.capacity);
@@ -804,20 +909,22 @@ relay_drain(void)
 		{
 			HeapTuple	tup = rows->vals[i];
 
+			int			window = isolating ? 1 : messaging_publish_window;
+
 			CHECK_FOR_INTERRUPTS();
 
-			/* Keep the window: read confirms while it is full. */
 			/*
-			 * With the window full, first record what is settled: the broker
-			 * has a window's worth of work meanwhile.
+			 * Keep the window: while it is full, first record what is
+			 * settled (the broker has a window's worth of work meanwhile),
+			 * then read confirms.
 			 */
-			if (pass.unconfirmed >= messaging_publish_window &&
+			if (pass.unconfirmed >= window &&
 				pass.low - pass.recorded >= messaging_publish_batch_size)
 				record_outcomes(&pass, pass.low, &published, &failed);
 
 			tf0 = GetCurrentTimestamp();
-			if (pass.unconfirmed >= messaging_publish_window &&
-				!relay_wait_confirms(&pass, messaging_publish_window - 1))
+			if (pass.unconfirmed >= window &&
+				!relay_wait_confirms(&pass, window - 1))
 			{
 				pass.broken = true;
 				break;
@@ -830,6 +937,10 @@ relay_drain(void)
 				pass.broken = true;
 				break;
 			}
+			if (isolating &&
+				memcmp(pass.events[pass.nevents - 1].id.data, isolate_upto.data,
+					   UUID_LEN) > 0)
+				isolating = false;
 			/* pick up confirms that have arrived, without waiting */
 			if ((pass.nevents & 63) == 0 && !relay_read_frames(&pass, 0))
 			{
@@ -851,6 +962,9 @@ relay_drain(void)
 	if (!pass.broken && pass.unconfirmed > 0 && !relay_wait_confirms(&pass, 0))
 		pass.broken = true;
 	t_confirmed = GetCurrentTimestamp();
+
+	if (pass.broken && channel_close_code == AMQP_PRECONDITION_FAILED)
+		isolate_refused(&pass);
 
 	/* events still in flight after a broken connection stay in the outbox */
 	record_outcomes(&pass, pass.nevents, &published, &failed);
@@ -909,7 +1023,16 @@ relay_drain(void)
 	last_pass_events = pass.nevents;
 
 	if (pass.broken)
-		relay_lost_connection();
+	{
+		if (channel_close_code == AMQP_PRECONDITION_FAILED && conn.state != NULL)
+		{
+			/* only the channel is gone: open it again */
+			if (!open_channel())
+				relay_lost_connection();
+		}
+		else
+			relay_lost_connection();
+	}
 
 	return more;
 }

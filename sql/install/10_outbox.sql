@@ -41,7 +41,8 @@ CREATE TABLE messaging.failed_events (
 	routing_key		text NOT NULL,
 	envelope		jsonb,
 	reason			text NOT NULL
-		CHECK (reason IN ('unroutable', 'nacked', 'negative_ack', 'ack_timeout')),
+		CHECK (reason IN ('unroutable', 'unpublishable', 'nacked', 'negative_ack',
+						  'ack_timeout')),
 	error			text,
 	attempts		integer NOT NULL DEFAULT 1,
 	created_at		timestamptz NOT NULL,

@@ -73,7 +73,8 @@ LANGUAGE C VOLATILE STRICT;
  * plain successes, one array element per event.  Confirmed events are
  * recorded by the relay itself (src/relay.c: outbox row deleted, directed
  * events into awaiting_ack, counters).  outcomes: 'unroutable' (returned),
- * 'nacked' (rejected too often), 'retry' (rejected; try again), and
+ * 'unpublishable' (no AMQP message can carry it, or the broker closed the
+ * channel over it), 'nacked' (rejected too often), 'retry' (rejected; try again), and
  * 'delivered' (a confirmed broadcast, passed only to be audited while
  * messaging.track_success is on).
  */
@@ -90,7 +91,7 @@ DECLARE
 	failed_ctids tid[];
 	retry_ctids tid[];
 BEGIN
-	SELECT array_agg(c) FILTER (WHERE o IN ('unroutable', 'nacked')),
+	SELECT array_agg(c) FILTER (WHERE o IN ('unroutable', 'unpublishable', 'nacked')),
 		   array_agg(c) FILTER (WHERE o = 'retry')
 	  INTO failed_ctids, retry_ctids
 	  FROM unnest(p_ctids, p_outcomes) AS x(c, o);
@@ -129,7 +130,7 @@ BEGIN
 		FROM unnest(p_outcomes, p_event_types, p_target_apps, p_tenant_ids,
 					p_source_apps)
 			AS x(o, e, g, t, s)
-		WHERE o IN ('unroutable', 'nacked');
+		WHERE o IN ('unroutable', 'unpublishable', 'nacked');
 	END IF;
 
 	IF retry_ctids IS NOT NULL THEN
