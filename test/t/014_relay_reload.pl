@@ -132,6 +132,28 @@ isnt($ret, 0, 'ALTER SYSTEM refuses an invalid URL');
 like($stderr, qr/invalid value for parameter "messaging\.broker_url"/, 'error names the setting');
 unlike($stderr, qr/s3cr3t/, 'the refused URL\'s password is not in the error');
 
+# Passwords somebody forgot to percent-encode, and an upper-case scheme.
+# Whether or not the URL is accepted, no part of the password may show.
+# The setting is not reloaded; the working URL is put back afterwards.
+my @forgotten = (
+	'amqp://x:f0rg0t/sl4sh@127.0.0.1:5672/%2f',
+	'amqp://x:f0rg0t@4t@127.0.0.1:5672/%2f',
+	'amqp://x:f0rg0t sp4ce@127.0.0.1:5672/%2f',
+	"amqp://x:f0rg0t'qu0te\@127.0.0.1:5672/%2f",
+	'AMQP://x:upp3rc4se@127.0.0.1:5672/%2f');
+for my $bad (@forgotten)
+{
+	(my $lit = $bad) =~ s/'/''/g;
+	($ret, $stdout, $stderr) = $node->psql('postgres', qq{
+		SET log_statement = 'none';
+		ALTER SYSTEM SET messaging.broker_url = '$lit';});
+	unlike($stderr, qr/f0rg0t|sl4sh|4t\@|sp4ce|qu0te|upp3rc4se/,
+		"no part of the password of \"$bad\" in the client's error");
+}
+$node->safe_psql('postgres', qq{
+	SET log_statement = 'none';
+	ALTER SYSTEM SET messaging.broker_url = '$url2';});
+
 # What a non-superuser can see.
 $node->safe_psql('postgres', 'CREATE ROLE watcher LOGIN; GRANT messaging_reader TO watcher');
 ($ret, $stdout, $stderr) = $node->psql('postgres', 'SHOW messaging.broker_url',
@@ -147,7 +169,8 @@ $status .= "\n" . $node->safe_psql('postgres',
 $status .= "\n" . $node->safe_psql('postgres',
 	"SELECT string_agg(row_to_json(a)::text, E'\n') FROM pg_stat_activity a");
 
-my @secrets = ($password, encode($password), $wrong, encode($wrong), 's3cr3t');
+my @secrets = ($password, encode($password), $wrong, encode($wrong), 's3cr3t',
+	'f0rg0t', 'sl4sh', '4t@', 'sp4ce', 'qu0te', 'upp3rc4se');
 for my $s (@secrets)
 {
 	unlike($status, qr/\Q$s\E/, "\"$s\" not in connection_status or pg_stat_activity");
