@@ -119,6 +119,63 @@ $lost = () = $log =~ /messaging relay lost its connection/g;
 cmp_ok($lost, '<=', 1, "the refused event does not make the relay reconnect over and over ($lost)");
 like($log, qr/message size|PRECONDITION_FAILED/i, 'the broker\'s reason is logged');
 
+# Many refused events scattered through a large stream, and rows no AMQP
+# message can carry among them: every other event arrives, every refused
+# one fails, and the log does not grow with the stream.
+my ($rc2, $out2, $err2) = MessagingTest::node('consume', '--url', $url,
+	'--queue', 'crm-inbox', '--count', '1', '--timeout-ms', '5000');
+$mq->purge_queue('crm-inbox');
+$offset = -s $node->logfile;
+$node->safe_psql('postgres', q{
+	SELECT messaging.publish_event('item.synced',
+		CASE WHEN i % 100 = 50
+			 THEN jsonb_build_object('i', i, 'pad', repeat('x', 300000))
+			 ELSE jsonb_build_object('i', i) END, 'crm')
+	FROM generate_series(1, 3000) i});
+$node->safe_psql('postgres', q{
+	INSERT INTO messaging.outbox (id, event_type, payload, target_app,
+		source_app, created_at)
+	SELECT messaging.uuid_generate_v7(), 'poison.' || repeat('p', 300),
+		jsonb_build_object('poison', i), 'crm', 'wrapper', now()
+	FROM generate_series(1, 10) i});
+$node->safe_psql('postgres', q{
+	SELECT messaging.publish_event('item.synced', jsonb_build_object('i', 3000 + i), 'crm')
+	FROM generate_series(1, 1000) i});
+my $drained = 0;
+for (1 .. 1200)
+{
+	$drained = $node->safe_psql('postgres', 'SELECT count(*) = 0 FROM messaging.outbox') eq 't';
+	last if $drained;
+	select(undef, undef, undef, 0.1);
+}
+ok($drained, 'the outbox drains (within 120 s)');
+is( $node->safe_psql('postgres', q{
+		SELECT count(*) FROM messaging.failed_events
+		WHERE reason = 'unpublishable'
+		  AND (envelope -> 'data' ? 'pad' OR event_type LIKE 'poison.%')
+		  AND failed_at > now() - interval '10 minutes'}),
+	'41', 'the 30 refused and 10 uncarriable events failed as unpublishable (plus the first uncarriable one)');
+is( $node->safe_psql('postgres', q{
+		SELECT count(*) FROM messaging.failed_events WHERE event_type = 'item.synced'
+		  AND NOT envelope -> 'data' ? 'pad'}),
+	'0', 'no other event failed');
+my $queued = $mq->queue_messages('crm-inbox');
+($rc2, $out2, $err2) = MessagingTest::node({ timeout => 120 }, 'consume', '--url', $url,
+	'--queue', 'crm-inbox', '--count', $queued, '--timeout-ms', '60000',
+	'--prefetch', '1000');
+my %seen;
+$seen{ MessagingTest::decode_json($_->{body})->{data}{i} }++
+  for MessagingTest::decode_messages($out2);
+is_deeply([ sort { $a <=> $b } keys %seen ],
+	[ (grep { $_ % 100 != 50 } 1 .. 3000), 3001 .. 4000 ], 'every other event arrived');
+my $dups = 0;
+$dups += $_ - 1 for values %seen;
+note("duplicates (messages in flight when the broker closed the channel): $dups");
+$log = substr(slurp_file($node->logfile), $offset);
+my $relay_lines = () = $log =~ /^\S+ \S+ \S+ \[\d+\] LOG:  messaging relay/mg;
+note("relay LOG lines for the stream: $relay_lines");
+cmp_ok($relay_lines, '<=', 200, 'relay log lines stay proportionate to the refused events');
+
 $node->stop;
 
 done_testing();
