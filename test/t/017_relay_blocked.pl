@@ -103,5 +103,48 @@ is_deeply([ sort { $a <=> $b } keys %seen ], [ 0 .. 2000 ], 'no event lost');
 note('reconnects during the alarms: ' . (relay('reconnects') - $reconnects));
 is(relay('published'), 2001, 'each event counted once as published');
 
+# 3. Large events during an alarm: a blocked broker stops reading, so the
+# relay's socket writes stall. The write watchdog (confirm_timeout) and
+# a fast shutdown must both get it out.
+$node->safe_psql('postgres', q{
+	ALTER SYSTEM SET messaging.confirm_timeout = '5s';
+	SELECT pg_reload_conf();});
+alarm_on();
+$node->safe_psql('postgres', q{
+	SELECT messaging.publish_event('blob.stored',
+		jsonb_build_object('i', 3000 + k, 'pad', repeat('x', 1000000)), 'crm')
+	FROM generate_series(0, 29) k});
+sleep 8;
+my $state = relay('state');
+my ($broker_view) = map { (split /\t/)[1] } grep { /messaging relay/ }
+  split /\n/, $mq->ctl('--quiet', 'list_connections', '--no-table-headers',
+	'client_properties', 'state');
+$broker_view //= 'none';
+note("after 8 s of a blocked 30 MB stream: connection_status says $state "
+	  . "(last_error: " . relay('last_error') . "), the broker says $broker_view");
+SKIP:
+{
+	skip "the broker does not list the relay's connection as blocked ($broker_view)", 1
+	  unless $broker_view eq 'blocked';
+	is($state, 'blocked',
+		'connection_status agrees with the broker that the relay is blocked');
+}
+my $t0 = Time::HiRes::time();
+$node->stop('fast');
+my $took = Time::HiRes::time() - $t0;
+cmp_ok($took, '<', 20, sprintf('fast shutdown with a stalled write (%.1f s)', $took));
+$node->start;
+alarm_off();
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
+	'the large events are published after the alarm');
+$queued = $mq->queue_messages('crm-inbox');
+($rc, $out, $err) = MessagingTest::node({ timeout => 120 }, 'consume', '--url', $url,
+	'--queue', 'crm-inbox', '--count', $queued, '--timeout-ms', '60000',
+	'--prefetch', '10');
+%seen = ();
+$seen{ MessagingTest::decode_json($_->{body})->{data}{i} }++
+  for MessagingTest::decode_messages($out);
+is_deeply([ sort { $a <=> $b } keys %seen ], [ 3000 .. 3029 ], 'no large event lost');
+
 $node->stop;
 done_testing();
