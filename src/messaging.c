@@ -84,8 +84,12 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
 /*
- * Masks the password of every amqp:// or amqps:// URL in s.  Returns a new
- * string, or NULL when there was nothing to mask.
+ * Masks the password of every amqp:// or amqps:// URL in s (scheme in any
+ * case).  A password somebody forgot to percent-encode may hold '/', '@',
+ * spaces or quotes, so the user information is taken to run from the
+ * scheme to the last '@' before the next double quote, line end or URL:
+ * this masks too much rather than too little.  Returns a new string, or NULL
+ * when there was nothing to mask.
  */
 static char *
 redact_urls(const char *s)
@@ -94,42 +98,46 @@ redact_urls(const char *s)
 	const char *p = s;
 	bool		changed = false;
 
-	if (s == NULL || strstr(s, "amqp") == NULL)
+	if (s == NULL)
 		return NULL;
 
 	initStringInfo(&buf);
 	while (*p)
 	{
-		const char *scheme_end = NULL;
+		const char *rest = NULL;
 
-		if (strncmp(p, "amqp://", 7) == 0)
-			scheme_end = p + 7;
-		else if (strncmp(p, "amqps://", 8) == 0)
-			scheme_end = p + 8;
+		if (pg_strncasecmp(p, "amqp://", 7) == 0)
+			rest = p + 7;
+		else if (pg_strncasecmp(p, "amqps://", 8) == 0)
+			rest = p + 8;
 
-		if (scheme_end != NULL)
+		if (rest != NULL)
 		{
-			const char *q = scheme_end;
+			const char *q;
 			const char *colon = NULL;
+			const char *at = NULL;
 
-			/* the user info ends at '@'; a '/' or quote means there is none */
-			while (*q && *q != '@' && *q != '/' && *q != '"' &&
-				   *q != '\'' && *q != ' ')
+			for (q = rest; *q && *q != '"' && *q != '\n'; q++)
 			{
-				if (*q == ':' && colon == NULL)
+				/* another URL starts: this one ended before it */
+				if (pg_strncasecmp(q, "amqp://", 7) == 0 ||
+					pg_strncasecmp(q, "amqps://", 8) == 0)
+					break;
+				if (*q == ':' && colon == NULL && at == NULL)
 					colon = q;
-				q++;
+				if (*q == '@')
+					at = q;
 			}
-			if (*q == '@' && colon != NULL)
+			if (at != NULL && colon != NULL && colon < at)
 			{
 				appendBinaryStringInfo(&buf, p, colon + 1 - p);
 				appendStringInfoString(&buf, "********");
-				p = q;
+				p = at;
 				changed = true;
 				continue;
 			}
-			appendBinaryStringInfo(&buf, p, scheme_end - p);
-			p = scheme_end;
+			appendBinaryStringInfo(&buf, p, rest - p);
+			p = rest;
 			continue;
 		}
 		appendStringInfoChar(&buf, *p++);
