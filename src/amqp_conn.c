@@ -43,6 +43,7 @@
  */
 #include "postgres.h"
 
+#include <poll.h>
 #include <sys/time.h>
 
 #include <amqp_ssl_socket.h>
@@ -638,6 +639,22 @@ amqp_conn_next_frame(AmqpConn *c, amqp_frame_t *frame, long timeout_ms)
 {
 	struct timeval tv;
 	int			rc;
+
+	/*
+	 * The library consumes heartbeat frames without a word, so whether the
+	 * broker is still there is judged here: the socket had data.
+	 */
+	if (!amqp_frames_enqueued(c->state) && !amqp_data_in_buffer(c->state))
+	{
+		struct pollfd pfd;
+
+		pfd.fd = c->fd;
+		pfd.events = POLLIN;
+		pfd.revents = 0;
+		if (poll(&pfd, 1, (int) timeout_ms) <= 0)
+			return AMQP_STATUS_TIMEOUT; /* nothing, or a signal */
+		c->last_heard = GetCurrentTimestamp();
+	}
 
 	ms_to_timeval(timeout_ms, &tv);
 	rc = amqp_simple_wait_frame_noblock(c->state, frame, &tv);

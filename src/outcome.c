@@ -66,6 +66,24 @@ text_or_null(const char *s, bool *isnull)
 	return *isnull ? (Datum) 0 : CStringGetTextDatum(s);
 }
 
+static bool
+text_equal(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		return a == b;
+	return strcmp(a, b) == 0;
+}
+
+/* Whether two events count under the same key. */
+static bool
+same_key(const ConfirmedEvent *a, const ConfirmedEvent *b)
+{
+	return text_equal(a->event_type, b->event_type) &&
+		text_equal(a->target_app, b->target_app) &&
+		text_equal(a->tenant_id, b->tenant_id) &&
+		text_equal(a->source_app, b->source_app);
+}
+
 /* Adds the counted keys to messaging.event_counters: one upsert per key. */
 static void
 flush_counters(HTAB *counts)
@@ -130,8 +148,12 @@ void
 messaging_record_confirmed(const ConfirmedEvent *events, int n)
 {
 	Relation	outbox;
-	Relation	awaiting = NULL;
+	Datum	  **rowvalues;
+	bool	  **rownulls;
+	int			nawaiting = 0;
 	HTAB	   *counts;
+	CounterEntry *entry = NULL;
+	const ConfirmedEvent *prev = NULL;
 	HASHCTL		ctl;
 	TimestampTz now = GetCurrentTimestamp();
 	int			i;
@@ -146,28 +168,22 @@ messaging_record_confirmed(const ConfirmedEvent *events, int n)
 						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	outbox = table_open(messaging_table_relid("outbox"), RowExclusiveLock);
+	rowvalues = palloc(sizeof(Datum *) * n);
+	rownulls = palloc(sizeof(bool *) * n);
 
 	for (i = 0; i < n; i++)
 	{
 		const ConfirmedEvent *ev = &events[i];
 		CounterKey	key;
-		CounterEntry *entry;
 		bool		found;
 
 		simple_heap_delete(outbox, (ItemPointer) &ev->ctid);
 
 		if (ev->target_app != NULL)
 		{
-			Datum		values[Natts_awaiting_ack];
-			bool		nulls[Natts_awaiting_ack];
+			Datum	   *values = palloc(sizeof(Datum) * Natts_awaiting_ack);
+			bool	   *nulls = palloc0(sizeof(bool) * Natts_awaiting_ack);
 
-			if (awaiting == NULL)
-			{
-				awaiting = table_open(messaging_table_relid("awaiting_ack"),
-									  RowExclusiveLock);
-				messaging_check_columns(awaiting, Natts_awaiting_ack);
-			}
-			memset(nulls, false, sizeof(nulls));
 			values[0] = UUIDPGetDatum(&ev->id);
 			values[1] = CStringGetTextDatum(ev->event_type);
 			values[2] = CStringGetTextDatum(ev->source_app);
@@ -175,27 +191,42 @@ messaging_record_confirmed(const ConfirmedEvent *events, int n)
 			values[4] = text_or_null(ev->tenant_id, &nulls[4]);
 			values[5] = TimestampTzGetDatum(ev->created_at);
 			values[6] = TimestampTzGetDatum(now);
-			messaging_insert_row(awaiting, values, nulls);
+			rowvalues[nawaiting] = values;
+			rownulls[nawaiting] = nulls;
+			nawaiting++;
 		}
 
-		memset(&key, 0, sizeof(key));
-		if (ev->tenant_id)
-			strlcpy(key.tenant_id, ev->tenant_id, sizeof(key.tenant_id));
-		strlcpy(key.source_app, ev->source_app, sizeof(key.source_app));
-		if (ev->target_app)
-			strlcpy(key.target_app, ev->target_app, sizeof(key.target_app));
-		strlcpy(key.event_type, ev->event_type, sizeof(key.event_type));
-		entry = hash_search(counts, &key, HASH_ENTER, &found);
-		if (!found)
-			entry->published = entry->acknowledged = 0;
+		/* events of a batch mostly share their key with the one before */
+		if (prev == NULL || !same_key(prev, ev))
+		{
+			memset(&key, 0, sizeof(key));
+			if (ev->tenant_id)
+				strlcpy(key.tenant_id, ev->tenant_id, sizeof(key.tenant_id));
+			strlcpy(key.source_app, ev->source_app, sizeof(key.source_app));
+			if (ev->target_app)
+				strlcpy(key.target_app, ev->target_app, sizeof(key.target_app));
+			strlcpy(key.event_type, ev->event_type, sizeof(key.event_type));
+			entry = hash_search(counts, &key, HASH_ENTER, &found);
+			if (!found)
+				entry->published = entry->acknowledged = 0;
+		}
+		prev = ev;
 		entry->published++;
 		if (ev->target_app == NULL)
 			entry->acknowledged++;
 	}
-
-	if (awaiting != NULL)
-		table_close(awaiting, NoLock);
 	table_close(outbox, NoLock);
+
+	if (nawaiting > 0)
+	{
+		Relation	awaiting;
+
+		awaiting = table_open(messaging_table_relid("awaiting_ack"),
+							  RowExclusiveLock);
+		messaging_check_columns(awaiting, Natts_awaiting_ack);
+		messaging_insert_rows(awaiting, rowvalues, rownulls, nawaiting);
+		table_close(awaiting, NoLock);
+	}
 
 	flush_counters(counts);
 	hash_destroy(counts);

@@ -14,13 +14,19 @@
  *	   on, so that publishing never waits for one confirm at a time.
  *	2. Read the next rows (id greater than the last one read) the same
  *	   way, until the outbox yields nothing more or the pass has handled
- *	   forty batches; rows that commit later with a smaller id are picked
- *	   up by the next pass, which starts again from the smallest id.
- *	3. Wait for the remaining confirms, then record the outcome of each
- *	   event in one call of messaging._relay_outcome(): acked rows are
- *	   deleted and only counted; returned (unroutable) rows and rows nacked
- *	   messaging.publish_max_attempts times move to failed_events; other
- *	   nacked rows stay for another pass.  Then commit.
+ *	   forty batches or 64 MB of messages; rows that commit later with a
+ *	   smaller id are picked up by the next pass, which starts again from
+ *	   the smallest id.  Whenever the window is full, first record what
+ *	   the broker has settled (below), so that this work overlaps the
+ *	   broker's.
+ *	3. Wait for the remaining confirms, record the rest, and commit
+ *	   (asynchronously: a commit lost in a crash only republishes).
+ *	   Recording: an acked row is deleted and only counted, a directed
+ *	   event starts to await its acknowledgement (src/outcome.c); a
+ *	   returned (unroutable) row, a row nacked
+ *	   messaging.publish_max_attempts times, and a row no AMQP message
+ *	   can carry or the broker refused move to failed_events; other
+ *	   nacked rows stay for another pass (messaging._relay_outcome()).
  *
  * Nothing is deleted before the broker confirmed it, so a crash of the
  * worker, the server or the broker at any point leaves the row in the
@@ -73,8 +79,9 @@
 #include "rowstore.h"
 #include "shmem.h"
 
-/* A pass handles at most this many batches before it commits. */
+/* A pass handles at most this many batches, or bytes, before it commits. */
 #define RELAY_BATCHES_PER_PASS	40
+#define RELAY_PASS_BYTES		((int64) 64 * 1024 * 1024)
 
 /* Slice of a blocking wait, so that interrupts are seen promptly. */
 #define RELAY_WAIT_SLICE_MS		100
@@ -116,6 +123,7 @@ typedef struct RelayPass
 	int			unconfirmed;	/* published events not yet acked or nacked */
 	int			low;			/* no event below this one is in flight */
 	int			recorded;		/* events below this one are recorded */
+	int64		bytes;			/* message bytes published */
 	bool		broken;			/* connection lost during the pass */
 } RelayPass;
 
@@ -138,6 +146,7 @@ static unsigned channel_close_code = 0;	/* of the last channel close */
 static bool isolating = false;
 static pg_uuid_t isolate_upto;
 static MemoryContext pass_context = NULL;
+static MemoryContext row_context = NULL;
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr outcome_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
@@ -521,13 +530,19 @@ publish_row(RelayPass *pass, HeapTuple tup, TupleDesc desc,
 	ev->target_app = getattr_text(tup, desc, 5);
 	ev->tenant_id = getattr_text(tup, desc, 6);
 	ev->source_app = getattr_text(tup, desc, 7);
-	correlation_id = getattr_text(tup, desc, 8);
 	ev->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
 	ev->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 	exchange = messaging_route(ev->target_app, ev->event_type, key);
 	ev->exchange = (char *) exchange;
 	ev->routing_key = pstrdup(key->data);
-	MemoryContextSwitchTo(old);
+
+	/*
+	 * What only this message needs (the payload, detoasted, can be large)
+	 * lives in a context reset for every row.
+	 */
+	MemoryContextReset(row_context);
+	MemoryContextSwitchTo(row_context);
+	correlation_id = getattr_text(tup, desc, 8);
 
 	f.id = &ev->id;
 	f.event_type = ev->event_type;
@@ -541,6 +556,8 @@ publish_row(RelayPass *pass, HeapTuple tup, TupleDesc desc,
 	resetStringInfo(body);
 	messaging_envelope_build(body, &f);
 	messaging_format_uuid(&ev->id, idbuf);
+	pass->bytes += body->len;
+	MemoryContextSwitchTo(old);
 
 	memset(&props, 0, sizeof(props));
 	props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG |
@@ -954,8 +971,11 @@ relay_drain(void)
 
 		if (nrows < (uint64) messaging_publish_batch_size || conn.blocked)
 			break;
-		if (batches == RELAY_BATCHES_PER_PASS)
+		if (batches == RELAY_BATCHES_PER_PASS || pass.bytes >= RELAY_PASS_BYTES)
+		{
 			more = true;
+			break;
+		}
 	}
 
 	t_published = GetCurrentTimestamp();
@@ -1183,6 +1203,9 @@ messaging_relay_main(Datum main_arg)
 	pass_context = AllocSetContextCreate(TopMemoryContext,
 										 "messaging relay pass",
 										 ALLOCSET_DEFAULT_SIZES);
+	row_context = AllocSetContextCreate(TopMemoryContext,
+										"messaging relay row",
+										ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
 		bool		more = false;

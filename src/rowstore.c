@@ -22,6 +22,7 @@
 #include "access/genam.h"
 #include "access/heapam.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "executor/executor.h"
@@ -171,6 +172,44 @@ messaging_insert_row(Relation rel, Datum *values, bool *nulls)
 	messaging_index_rows(rel, &slot, &values, &nulls, 1);
 	ExecDropSingleTupleTableSlot(slot);
 	heap_freetuple(tuple);
+}
+
+/*
+ * Inserts n rows into rel (opened by the caller with RowExclusiveLock) and
+ * its indexes, with one heap_multi_insert() and each index opened once:
+ * values[i] and nulls[i] are row i's columns.
+ */
+void
+messaging_insert_rows(Relation rel, Datum **values, bool **nulls, int n)
+{
+	TupleDesc	desc;
+	TupleTableSlot **slots;
+	int			i;
+
+	if (n <= 0)
+		return;
+	if (n == 1)
+	{
+		messaging_insert_row(rel, values[0], nulls[0]);
+		return;
+	}
+
+	/* an unreferenced copy spares the resource owner a pin per slot */
+	desc = CreateTupleDescCopy(RelationGetDescr(rel));
+	slots = palloc(sizeof(TupleTableSlot *) * n);
+	for (i = 0; i < n; i++)
+	{
+		slots[i] = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
+		ExecStoreHeapTuple(heap_form_tuple(desc, values[i], nulls[i]),
+						   slots[i], true);
+	}
+	heap_multi_insert(rel, slots, n, GetCurrentCommandId(true), 0, NULL);
+	messaging_index_rows(rel, slots, values, nulls, n);
+
+	for (i = 0; i < n; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	pfree(slots);
+	FreeTupleDesc(desc);
 }
 
 /*

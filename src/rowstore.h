@@ -28,6 +28,8 @@ extern void messaging_check_columns(Relation rel, int natts);
 extern void messaging_index_rows(Relation rel, TupleTableSlot **slots,
 								 Datum **values, bool **nulls, int n);
 extern void messaging_insert_row(Relation rel, Datum *values, bool *nulls);
+extern void messaging_insert_rows(Relation rel, Datum **values, bool **nulls,
+								  int n);
 extern Datum messaging_make_array(Datum *elems, bool *nulls, int n,
 								  Oid elemtype);
 
