@@ -83,6 +83,10 @@
 #define RELAY_BATCHES_PER_PASS	40
 #define RELAY_PASS_BYTES		((int64) 64 * 1024 * 1024)
 
+/* Messages from this size on are followed by a short look at the socket. */
+#define RELAY_LARGE_MESSAGE			(64 * 1024)
+#define RELAY_LARGE_MESSAGE_WAIT_MS	10
+
 /* Slice of a blocking wait, so that interrupts are seen promptly. */
 #define RELAY_WAIT_SLICE_MS		100
 
@@ -399,13 +403,29 @@ relay_read_frames(RelayPass *pass, long timeout_ms)
 					return false;
 				}
 			default:
-				if (!amqp_conn_handle_connection_frame(&conn, &frame))
-					return false;
-				if (conn.blocked)
-					set_state(MSG_CONN_BLOCKED, conn.error);
-				else
-					set_state(MSG_CONN_CONNECTED, NULL);
-				break;
+				{
+					bool		was_blocked = conn.blocked;
+
+					if (!amqp_conn_handle_connection_frame(&conn, &frame))
+						return false;
+					if (conn.blocked == was_blocked)
+						break;
+					if (conn.blocked)
+					{
+						ereport(LOG,
+								(errmsg("messaging relay is blocked by RabbitMQ"),
+								 errdetail("%s", conn.error),
+								 errhint("The broker raised a resource alarm; events wait in the outbox until it clears.")));
+						set_state(MSG_CONN_BLOCKED, conn.error);
+					}
+					else
+					{
+						ereport(LOG,
+								(errmsg("messaging relay is no longer blocked by RabbitMQ")));
+						set_state(MSG_CONN_CONNECTED, NULL);
+					}
+					break;
+				}
 		}
 	}
 }
@@ -958,8 +978,15 @@ relay_drain(void)
 				memcmp(pass.events[pass.nevents - 1].id.data, isolate_upto.data,
 					   UUID_LEN) > 0)
 				isolating = false;
-			/* pick up confirms that have arrived, without waiting */
-			if ((pass.nevents & 63) == 0 && !relay_read_frames(&pass, 0))
+			/*
+			 * Pick up confirms that have arrived, without waiting.  After a
+			 * large message give the broker a moment: under a resource alarm
+			 * it answers with connection.blocked and stops reading, and the
+			 * next large write would stall before the relay could see it.
+			 */
+			if (((pass.nevents & 63) == 0 || body.len > RELAY_LARGE_MESSAGE) &&
+				!relay_read_frames(&pass, body.len > RELAY_LARGE_MESSAGE ?
+								   RELAY_LARGE_MESSAGE_WAIT_MS : 0))
 			{
 				pass.broken = true;
 				break;
