@@ -159,3 +159,6 @@ DROP ROLE messaging_test_user;
 -- server log, PostgreSQL's own "invalid value" error included
 ALTER SYSTEM SET messaging.broker_url = 'amqp://app:s3cr3t@broker.internal:notaport/%2f';
 DO $$ BEGIN RAISE WARNING 'connecting to amqps://app:s3cr3t@broker.internal:5671/%%2f and amqp://guest@h/'; END $$;
+-- and when the value is no URL at all
+ALTER SYSTEM SET messaging.broker_url = 'AMQP:/app:s3cr3t@broker.internal/%2f';
+ALTER SYSTEM SET messaging.broker_url = 'http://app:s3:cr@3t@broker.internal/';

@@ -27,6 +27,7 @@
  */
 #include "postgres.h"
 
+#include <ctype.h>
 #include <limits.h>
 
 #include <amqp.h>
@@ -152,6 +153,56 @@ redact_urls(const char *s)
 }
 
 /*
+ * Masks, in a message about messaging.broker_url, the quoted value that
+ * follows the setting's name from its start to its last '@' (keeping a
+ * leading scheme).  Returns a new string, or NULL when there is no '@'.
+ */
+static char *
+redact_setting_value(const char *msg)
+{
+	const char *name = strstr(msg, "\"messaging.broker_url\"");
+	const char *open;
+	const char *close;
+	const char *at = NULL;
+	const char *start;
+	const char *q;
+	StringInfoData buf;
+
+	if (name == NULL)
+		return NULL;
+	open = strchr(name + strlen("\"messaging.broker_url\""), '"');
+	if (open == NULL)
+		return NULL;
+	close = strrchr(open + 1, '"');
+	if (close == NULL)
+		close = open + 1 + strlen(open + 1);
+	for (q = open + 1; q < close; q++)
+		if (*q == '@')
+			at = q;
+	if (at == NULL)
+		return NULL;
+
+	/* keep "scheme:" and the slashes after it */
+	start = open + 1;
+	for (q = start; q < at && (isalnum((unsigned char) *q) || *q == '+' ||
+							   *q == '-' || *q == '.'); q++)
+		;
+	if (q < at && *q == ':')
+	{
+		q++;
+		while (q < at && *q == '/')
+			q++;
+		start = q;
+	}
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, msg, start - msg);
+	appendStringInfoString(&buf, "********");
+	appendStringInfoString(&buf, at);
+	return buf.data;
+}
+
+/*
  * The broker URL may carry a password, and PostgreSQL itself repeats
  * setting values in messages ("parameter ... changed to ...", "invalid
  * value for parameter ...").  Every message of every process that has the
@@ -184,7 +235,19 @@ messaging_emit_log(ErrorData *edata)
 		edata->context = masked;
 		hit = true;
 	}
-	if (hit || (edata->message && strstr(edata->message, "messaging.broker_url")))
+	if (edata->message && strstr(edata->message, "\"messaging.broker_url\""))
+	{
+		/*
+		 * A value that is not a URL at all ("AMQP:/user:pass@host", a
+		 * mistyped scheme) escapes the masking above: whatever PostgreSQL
+		 * quotes of this setting's value is masked up to its last '@'.
+		 */
+		masked = redact_setting_value(edata->message);
+		if (masked != NULL)
+			edata->message = masked;
+		hit = true;
+	}
+	if (hit)
 		edata->hide_stmt = true;
 
 	if (prev_emit_log_hook)
