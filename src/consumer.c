@@ -1955,6 +1955,11 @@ messaging_consumer_main(Datum main_arg)
 				}
 				pfree(key);
 			}
+			else if (conn.state == NULL)
+			{
+				/* perhaps what failed was just fixed: try again at once */
+				amqp_backoff_reset(&backoff);
+			}
 		}
 
 		PG_TRY();

@@ -309,6 +309,11 @@ check_queue_name(char **newval, void **extra, GucSource source)
 		GUC_check_errdetail("A queue name has 1 to 200 bytes.");
 		return false;
 	}
+	if (strncmp(*newval, "amq.", 4) == 0)
+	{
+		GUC_check_errdetail("Queue names starting with \"amq.\" are reserved by the broker.");
+		return false;
+	}
 	return true;
 }
 

@@ -1188,6 +1188,46 @@ relay_maintenance(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/*
+ * Counts the outbox, at most every two seconds, for the backlog figure of
+ * connection_status while the relay is not connected.
+ */
+static void
+relay_count_backlog(void)
+{
+	int64		backlog = -1;
+
+	if (!TimestampDifferenceExceeds(last_count, GetCurrentTimestamp(), 2000))
+		return;
+	last_count = GetCurrentTimestamp();
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	prepare_plans();
+	if (SPI_execute_plan(count_plan, NULL, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+
+		backlog = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1,
+											  &isnull));
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	if (backlog >= 0)
+	{
+		MessagingWorkerStatus *st = messaging_status_begin(MSG_WORKER_RELAY);
+
+		st->backlog = backlog;
+		messaging_status_end();
+	}
+}
+
 static bool
 check_extension(void)
 {
@@ -1255,7 +1295,11 @@ messaging_relay_main(Datum main_arg)
 				amqp_backoff_reset(&backoff);
 			}
 			if (conn.state == NULL)
+			{
+				/* perhaps what failed was just fixed: try again at once */
+				amqp_backoff_reset(&backoff);
 				set_state(MSG_CONN_DISCONNECTED, NULL);
+			}
 		}
 
 		PG_TRY();
@@ -1275,6 +1319,10 @@ messaging_relay_main(Datum main_arg)
 
 			if (extension_ready)
 				relay_maintenance();
+
+			/* keep the backlog figure current while nothing drains */
+			if (extension_ready && conn.state == NULL)
+				relay_count_backlog();
 		}
 		PG_CATCH();
 		{

@@ -262,7 +262,7 @@ AS $$
 	WITH counted AS (
 		SELECT c.tenant_id AS t, c.source_app AS s, c.target_app AS g,
 			   sum(c.published + c.received)::bigint AS published,
-			   sum(c.acknowledged)::bigint AS acknowledged,
+			   sum(c.acknowledged + c.unhandled)::bigint AS acknowledged,
 			   sum(c.failed)::bigint AS failed,
 			   max(c.last_event_at) AS last_event_at
 		  FROM messaging.event_counters c
@@ -330,7 +330,7 @@ CREATE VIEW messaging.sync_health AS
 				 AS oldest),
 	hour AS MATERIALIZED (
 		SELECT sum((c.published + c.received) * k.w) AS published,
-			   sum(c.acknowledged * k.w) AS acknowledged,
+			   sum((c.acknowledged + c.unhandled) * k.w) AS acknowledged,
 			   sum(c.failed * k.w) AS failed
 		  FROM (SELECT date_trunc('hour', now()) AS cur,
 					   1 - extract(epoch FROM now() - date_trunc('hour', now()))
