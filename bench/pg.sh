@@ -12,6 +12,8 @@
 #						 INSERT transactions (pgbench, 2 clients, 10 s each)
 #
 # Needs: MQ_URL, RESULTS_DIR, BENCH_COUNT, BENCH_RUNS, record(), log().
+# BENCH_PG_CONF, when set, is appended to the cluster's postgresql.conf
+# (for example "messaging.publish_linger = '20ms'").
 
 PG_BIN=/usr/lib/postgresql/15/bin
 BENCH_PG_DIR=
@@ -39,6 +41,7 @@ shared_preload_libraries = 'messaging'
 messaging.broker_url = '$url'
 shared_buffers = 512MB
 max_wal_size = 4GB
+${BENCH_PG_CONF:-}
 CONF
 	runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$BENCH_PG_DIR/data" \
 		-l "$BENCH_PG_DIR/log" -w start >/dev/null
@@ -178,6 +181,16 @@ pg_pgbench()
 		sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -n 1
 }
 
+# user + system clock ticks a process has used (0 when it is gone)
+proc_cpu_ticks()
+{
+	if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
+		awk '{ print $14 + $15 }' "/proc/$1/stat"
+	else
+		echo 0
+	fi
+}
+
 pg_bench_single_txn()
 {
 	local dir=$RESULTS_DIR
@@ -192,7 +205,20 @@ SELECT messaging.publish_event('user.created', $PG_PAYLOAD, 'crm', 'acme') FROM 
 SQL
 	chmod 644 "$dir/insert.sql" "$dir/publish.sql"
 	INSERT_TPS=$(pg_pgbench "$dir/insert.sql")
+	# where the CPU goes while events flow: the relay's and the broker's
+	# share of the 10 s run, in CPU seconds
+	local relay_pid broker_pid r0 b0
+	relay_pid=$(pg_psql -c "SELECT pid FROM messaging.connection_status WHERE worker = 'relay'")
+	broker_pid=$(tr -dc '0-9' < "$MQ_DIR/rabbit.pid" 2>/dev/null || true)
+	r0=$(proc_cpu_ticks "$relay_pid")
+	b0=$(proc_cpu_ticks "$broker_pid")
 	PUBLISH_TPS=$(pg_pgbench "$dir/publish.sql")
+	record "relay CPU during single-event run" \
+		"$(awk -v a="$(proc_cpu_ticks "$relay_pid")" -v b="$r0" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (a - b) / hz }')" \
+		"s" "of 20 CPU-seconds (2 cores x 10 s)"
+	record "broker CPU during single-event run" \
+		"$(awk -v a="$(proc_cpu_ticks "$broker_pid")" -v b="$b0" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (a - b) / hz }')" \
+		"s" "same host; elsewhere in production"
 	pg_psql -c "SELECT count(*) || ' events failed' FROM messaging.failed_events" >&2
 	record "single-row INSERT transactions" "$INSERT_TPS" "tps" "pgbench -c 2, 10 s"
 	record "single-event transactions" "$PUBLISH_TPS" "tps" \
