@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The messaging extension's demo (`sudo demo/run.sh`). Builds and installs
+# The messaging extension's demo (`demo/run.sh`, as root). Builds and installs
 # the extension, starts a scratch RabbitMQ node and a scratch PostgreSQL 15
 # cluster (application "wrapper"), starts two other applications as
 # consumers ("crm" and "billing", test/interop/consume.js), runs
@@ -32,7 +32,7 @@ EXPECT_BILLING=8
 say() { printf '\n== %s\n' "$*"; }
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "demo/run.sh: run as root (sudo demo/run.sh)" >&2
+    echo "demo/run.sh: run as root" >&2
     exit 1
 fi
 
@@ -40,8 +40,8 @@ say "dependencies"
 "$ROOT/test/scripts/install-deps.sh"
 
 say "build and install the extension"
-make -C "$ROOT" PG_CONFIG="$PGBIN/pg_config"
-make -C "$ROOT" PG_CONFIG="$PGBIN/pg_config" install
+make -s -C "$ROOT" PG_CONFIG="$PGBIN/pg_config"
+make -s -C "$ROOT" PG_CONFIG="$PGBIN/pg_config" install
 
 DIR="$(mktemp -d /tmp/messaging-demo.XXXXXX)"
 chmod 755 "$DIR"

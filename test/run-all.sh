@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The messaging extension's test command (`sudo test/run-all.sh`; CI runs it
+# The messaging extension's test command (`test/run-all.sh` as root; CI runs it
 # through .ci/run). As root it installs missing Debian/npm dependencies,
 # builds and installs the extension, then, as the unprivileged postgres
 # user in a scratch copy of the tree, runs
@@ -41,7 +41,7 @@ finish() {
 }
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "run-all.sh: run as root (sudo test/run-all.sh)" >&2
+    echo "run-all.sh: run as root" >&2
     exit 1
 fi
 
