@@ -563,7 +563,8 @@ read_frame(long timeout_ms)
 		case AMQP_BASIC_CANCEL_METHOD:
 			if (!cancelled)
 				ereport(LOG,
-						(errmsg("messaging consumer was cancelled by the broker, consuming queue \"%s\"",
+						(errmsg("messaging consumer was cancelled by the broker, consuming queue "
+								"\"%s\"",
 								messaging_consumer_queue),
 						 errdetail("The queue was probably deleted; it is declared again.")));
 			cancelled = true;
@@ -626,7 +627,8 @@ publish_confirmed(const char *queue, amqp_basic_properties_t *props,
 									   messaging_confirm_timeout))
 		{
 			snprintf(conn.error, sizeof(conn.error),
-					 "no publisher confirm from the broker within %d ms for a message to queue \"%s\"",
+					 "no publisher confirm from the broker within %d ms for a message to queue "
+					 "\"%s\"",
 					 messaging_confirm_timeout, queue);
 			return false;
 		}
@@ -1144,7 +1146,8 @@ check_body(const Delivery *d)
 	int			valid;
 
 	if (d->msg.body.len > (size_t) messaging_max_message_bytes)
-		return psprintf("message body of %zu bytes exceeds \"messaging.max_message_bytes\" (%d bytes)",
+		return psprintf("message body of %zu bytes exceeds \"messaging.max_message_bytes\" (%d "
+						"bytes)",
 						d->msg.body.len, messaging_max_message_bytes);
 	if (len == 0)
 		return pstrdup("message body is empty");
@@ -1549,7 +1552,8 @@ dead_letter(Delivery *d, const IncomingEvent *ev, const char *reason,
 	commit_xact();
 
 	ereport(LOG,
-			(errmsg("messaging consumer dead-lettered message \"%s\" from queue \"%s\" after %d attempts",
+			(errmsg("messaging consumer dead-lettered message \"%s\" from queue \"%s\" after %d "
+					"attempts",
 					(p->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ?
 					clip(amqp_bytes_to_cstring(p->message_id), 100) : "",
 					messaging_consumer_queue, attempts),
@@ -1947,7 +1951,8 @@ messaging_consumer_main(Datum main_arg)
 				if (strcmp(key, topology_key) != 0)
 				{
 					ereport(LOG,
-							(errmsg("messaging consumer reconnecting because its settings changed")));
+							(errmsg("messaging consumer reconnecting because its settings "
+									"changed")));
 					amqp_conn_close(&conn);
 					discard_pending();
 					set_state(MSG_CONN_DISCONNECTED, NULL);

@@ -415,7 +415,8 @@ relay_read_frames(RelayPass *pass, long timeout_ms)
 						ereport(LOG,
 								(errmsg("messaging relay is blocked by RabbitMQ"),
 								 errdetail("%s", conn.error),
-								 errhint("The broker raised a resource alarm; events wait in the outbox until it clears.")));
+								 errhint("The broker raised a resource alarm; events wait in the "
+										 "outbox until it clears.")));
 						set_state(MSG_CONN_BLOCKED, conn.error);
 					}
 					else
@@ -859,7 +860,8 @@ isolate_refused(RelayPass *pass)
 	isolating = true;
 	memcpy(&isolate_upto, &last->id, sizeof(pg_uuid_t));
 	ereport(LOG,
-			(errmsg("messaging relay publishes one message at a time to find the event RabbitMQ refused"),
+			(errmsg("messaging relay publishes one message at a time to find the event RabbitMQ "
+					"refused"),
 			 errdetail("%s", conn.error)));
 }
 

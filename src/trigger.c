@@ -322,19 +322,22 @@ trg_parse_column_list(const char *option, const char *list, TupleDesc desc,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("empty column name in option \"%s\" of trigger \"%s\" on table \"%s\"",
 							option, tgname, relname),
-					 errhint("List column names separated by commas, for example \"%s=password_hash,token\".",
+					 errhint("List column names separated by commas, for example "
+							 "\"%s=password_hash,token\".",
 							 option)));
 
 		attnum = trg_find_column(desc, p);
 		if (attnum == InvalidAttrNumber)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("column \"%s\" named in option \"%s\" of trigger \"%s\" does not exist in table \"%s\"",
+					 errmsg("column \"%s\" named in option \"%s\" of trigger \"%s\" does not exist "
+							"in table \"%s\"",
 							p, option, tgname, relname)));
 		if (flags[attnum - 1])
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_COLUMN),
-					 errmsg("column \"%s\" is listed twice in option \"%s\" of trigger \"%s\" on table \"%s\"",
+					 errmsg("column \"%s\" is listed twice in option \"%s\" of trigger \"%s\" on "
+							"table \"%s\"",
 							p, option, tgname, relname)));
 		flags[attnum - 1] = true;
 		n++;
@@ -422,7 +425,8 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("trigger \"%s\" on table \"%s\" has no entity name",
 						tgname, relname),
-				 errhint("Pass the entity as the first argument, as in EXECUTE FUNCTION messaging.emit_event('account').")));
+				 errhint("Pass the entity as the first argument, as in EXECUTE FUNCTION "
+						 "messaging.emit_event('account').")));
 	entity = targs[0];
 	probe = psprintf("%s.created", entity);
 	if (strlen(entity) + TRG_LONGEST_SUFFIX > MESSAGING_MAX_EVENT_TYPE)
@@ -437,7 +441,8 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid entity name \"%s\" in trigger \"%s\" on table \"%s\"",
 						entity, tgname, relname),
-				 errdetail("An entity name is one or more dot-separated words of lower-case letters, digits and underscores, each starting with a letter."),
+				 errdetail("An entity name is one or more dot-separated words of lower-case "
+						   "letters, digits and underscores, each starting with a letter."),
 				 errhint("For example \"account\" or \"billing.invoice\".")));
 
 	/* target application */
@@ -484,7 +489,8 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("tenant column \"%s\" of trigger \"%s\" does not exist in table \"%s\"",
 							targs[2], tgname, relname),
-					 errhint("The third argument names the column holding the tenant id; leave it empty for events without a tenant.")));
+					 errhint("The third argument names the column holding the tenant id; leave it "
+							 "empty for events without a tenant.")));
 		getTypeOutputInfo(TupleDescAttr(desc, a->tenant_attnum - 1)->atttypid,
 						  &typoutput, &isvarlena);
 		fmgr_info_cxt(typoutput, &a->tenant_out, cxt);
@@ -503,14 +509,16 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("invalid option \"%s\" in trigger \"%s\" on table \"%s\"",
 							targs[i], tgname, relname),
-					 errhint("Options are \"exclude=<columns>\" and \"watch=<columns>\", with column names separated by commas.")));
+					 errhint("Options are \"exclude=<columns>\" and \"watch=<columns>\", with "
+							 "column names separated by commas.")));
 		key = pnstrdup(targs[i], eq - targs[i]);
 		if (strcmp(key, "exclude") == 0)
 		{
 			if (seen_exclude)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("option \"exclude\" is given twice in trigger \"%s\" on table \"%s\"",
+						 errmsg("option \"exclude\" is given twice in trigger \"%s\" on table "
+								"\"%s\"",
 								tgname, relname),
 						 errhint("List all excluded columns in one option.")));
 			seen_exclude = true;
@@ -534,7 +542,8 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("unrecognized option \"%s\" in trigger \"%s\" on table \"%s\"",
 							key, tgname, relname),
-					 errhint("Options are \"exclude=<columns>\" and \"watch=<columns>\", with column names separated by commas.")));
+					 errhint("Options are \"exclude=<columns>\" and \"watch=<columns>\", with "
+							 "column names separated by commas.")));
 	}
 
 	/* the kept columns */
@@ -553,9 +562,11 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 			if (watched[i])
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("column \"%s\" is both excluded and watched in trigger \"%s\" on table \"%s\"",
+						 errmsg("column \"%s\" is both excluded and watched in trigger \"%s\" on "
+								"table \"%s\"",
 								NameStr(att->attname), tgname, relname),
-						 errdetail("Excluded columns never appear in events, so their changes cannot be watched.")));
+						 errdetail("Excluded columns never appear in events, so their changes "
+								   "cannot be watched.")));
 			continue;
 		}
 		a->kept_attnums[k] = att->attnum;
@@ -603,9 +614,11 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 		if (!OidIsValid(rel->rd_pkindex))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("table \"%s\" has no primary key, which statement-level trigger \"%s\" needs",
+					 errmsg("table \"%s\" has no primary key, which statement-level trigger \"%s\" "
+							"needs",
 							relname, tgname),
-					 errdetail("A statement-level UPDATE trigger pairs the old and new rows by primary key."),
+					 errdetail("A statement-level UPDATE trigger pairs the old and new rows by "
+							   "primary key."),
 					 errhint("Add a primary key, or use a row-level trigger (FOR EACH ROW).")));
 	}
 
@@ -1143,7 +1156,8 @@ trg_statement_sql(TrgArgs *a, TrgOp op, Trigger *tg, Relation rel)
 
 		appendStringInfoString(&buf,
 							   "SELECT messaging.uuid_generate_v7(), "
-							   "CASE WHEN e.jo IS NULL THEN $5 WHEN e.jn IS NULL THEN $6 ELSE $1 END, "
+							   "CASE WHEN e.jo IS NULL THEN $5 WHEN e.jn IS NULL THEN $6 ELSE $1 "
+							   "END, "
 							   "messaging._event_payload(CASE WHEN e.jo IS NULL THEN e.jn "
 							   "WHEN e.jn IS NULL THEN e.jo "
 							   "ELSE pg_catalog.jsonb_build_object("
@@ -1388,7 +1402,8 @@ trg_fire_statement(TriggerData *td, TrgArgs *a)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("statement-level trigger \"%s\" on table \"%s\" has no transition tables",
 						tg->tgname, a->table_name),
-				 errdetail("A statement-level trigger finds the changed rows in its transition tables."),
+				 errdetail("A statement-level trigger finds the changed rows in its transition "
+						   "tables."),
 				 errhint("Declare the trigger with %s, or make it FOR EACH ROW.",
 						 missing)));
 
@@ -1622,7 +1637,8 @@ trg_text_array(ArrayType *arr, const char *param, char ***out)
 		if (strchr((*out)[i], ',') != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("column \"%s\" in %s cannot be listed because its name contains a comma",
+					 errmsg("column \"%s\" in %s cannot be listed because its name contains a "
+							"comma",
 							(*out)[i], param)));
 	}
 	return n;
@@ -1727,7 +1743,8 @@ messaging_create_event_trigger(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("\"%s\" is not a table", RelationGetRelationName(rel)),
-				 errdetail("Row-change events can be emitted for tables and partitioned tables only.")));
+				 errdetail("Row-change events can be emitted for tables and partitioned tables "
+						   "only.")));
 	qualname = trg_qualified_name(rel);
 
 	MemoryContextDelete(trg_parse_args(rel, InvalidOid,
