@@ -1897,18 +1897,6 @@ consumer_recover_from_error(void)
 	amqp_backoff_failed(&backoff, messaging_reconnect_max_delay);
 }
 
-static bool
-check_extension(void)
-{
-	bool		ready;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	ready = messaging_extension_ready();
-	CommitTransactionCommand();
-	return ready;
-}
-
 void
 messaging_consumer_main(Datum main_arg)
 {
@@ -1970,7 +1958,7 @@ messaging_consumer_main(Datum main_arg)
 		PG_TRY();
 		{
 			if (!extension_ready)
-				extension_ready = check_extension();
+				extension_ready = messaging_extension_ready();
 
 			if (extension_ready && conn.state == NULL &&
 				amqp_backoff_remaining_ms(&backoff) == 0)

@@ -587,11 +587,18 @@ _PG_init(void)
 }
 
 /*
- * Whether the extension is installed in the worker's database.  Must be
- * called inside a transaction.
+ * Whether the extension is installed in the worker's database; a worker
+ * calls it, outside any transaction, before touching the extension's
+ * tables.
  */
 bool
 messaging_extension_ready(void)
 {
-	return OidIsValid(get_extension_oid("messaging", true));
+	bool		ready;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	ready = OidIsValid(get_extension_oid("messaging", true));
+	CommitTransactionCommand();
+	return ready;
 }

@@ -820,6 +820,34 @@ remember_outcomes(RelayPass *pass)
 }
 
 /*
+ * Starts one of the relay's transactions, the way every background worker
+ * should: statement time, transaction, SPI, a snapshot, and the activity
+ * shown in pg_stat_activity.
+ */
+static void
+relay_txn_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	debug_query_string = activity;
+	pgstat_report_activity(STATE_RUNNING, activity);
+	prepare_plans();
+}
+
+static void
+relay_txn_end(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	debug_query_string = NULL;
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
  * The broker closed the channel over a message it refuses (see
  * isolating).  Publishing one at a time, the one message in flight is the
  * culprit: it fails.  Otherwise the relay starts isolating, up to the last
@@ -914,14 +942,7 @@ relay_drain(void)
 	pass.events = MemoryContextAlloc(pass_context,
 									 sizeof(RelayEvent) * pass.capacity);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	debug_query_string = "messaging relay: publish outbox";
-	pgstat_report_activity(STATE_RUNNING, debug_query_string);
-
-	prepare_plans();
+	relay_txn_begin("messaging relay: publish outbox");
 	initStringInfo(&body);
 	initStringInfo(&key);
 
@@ -1036,12 +1057,7 @@ relay_drain(void)
 		last_count = GetCurrentTimestamp();
 	}
 
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	debug_query_string = NULL;
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	relay_txn_end();
 
 	if (pass.nevents > 0)
 		remember_outcomes(&pass);
@@ -1172,22 +1188,12 @@ relay_maintenance(void)
 		return;
 	last_maintenance = GetCurrentTimestamp();
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	debug_query_string = "SELECT messaging._relay_maintenance()";
-	pgstat_report_activity(STATE_RUNNING, debug_query_string);
+	relay_txn_begin("SELECT messaging._relay_maintenance()");
 	rc = SPI_execute(debug_query_string, false, 0);
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not run messaging maintenance: %s",
 			 SPI_result_code_string(rc));
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	debug_query_string = NULL;
-	pgstat_report_stat(false);
-	pgstat_report_activity(STATE_IDLE, NULL);
+	relay_txn_end();
 }
 
 /*
@@ -1203,11 +1209,7 @@ relay_count_backlog(void)
 		return;
 	last_count = GetCurrentTimestamp();
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	prepare_plans();
+	relay_txn_begin("messaging relay: count outbox");
 	if (SPI_execute_plan(count_plan, NULL, NULL, true, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
@@ -1217,9 +1219,7 @@ relay_count_backlog(void)
 											  SPI_tuptable->tupdesc, 1,
 											  &isnull));
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	relay_txn_end();
 
 	if (backlog >= 0)
 	{
@@ -1228,18 +1228,6 @@ relay_count_backlog(void)
 		st->backlog = backlog;
 		messaging_status_end();
 	}
-}
-
-static bool
-check_extension(void)
-{
-	bool		ready;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	ready = messaging_extension_ready();
-	CommitTransactionCommand();
-	return ready;
 }
 
 void
@@ -1307,7 +1295,7 @@ messaging_relay_main(Datum main_arg)
 		PG_TRY();
 		{
 			if (!extension_ready)
-				extension_ready = check_extension();
+				extension_ready = messaging_extension_ready();
 
 			if (extension_ready && conn.state == NULL &&
 				amqp_backoff_remaining_ms(&backoff) == 0)
