@@ -558,6 +558,32 @@ amqp_link_lost(AmqpLink *l)
 }
 
 /*
+ * A worker's sleep between turns of its loop: until its latch is set, the
+ * socket has data, or it is time for a heartbeat, a reconnect attempt or
+ * the fallback poll (messaging.poll_interval).  Returns the events that
+ * ended it, the latch already reset.
+ */
+int
+amqp_link_sleep(AmqpLink *l, bool extension_ready)
+{
+	long		timeout;
+	int			rc;
+
+	if (!extension_ready)
+		timeout = messaging_poll_interval;
+	else if (l->conn->state == NULL)
+		timeout = Max(1, Min(amqp_backoff_remaining_ms(l->backoff),
+							 (long) messaging_poll_interval));
+	else
+		timeout = amqp_conn_tick_ms(l->conn, messaging_poll_interval);
+
+	rc = amqp_conn_wait(l->conn, timeout);
+	if (rc & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+	return rc;
+}
+
+/*
  * Tears the connection down without a closing handshake.
  */
 void

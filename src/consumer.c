@@ -1923,9 +1923,6 @@ messaging_consumer_main(Datum main_arg)
 
 	for (;;)
 	{
-		long		timeout;
-		int			rc;
-
 		CHECK_FOR_INTERRUPTS();
 
 		if (ConfigReloadPending)
@@ -1981,16 +1978,6 @@ messaging_consumer_main(Datum main_arg)
 		if (conn.state != NULL && pending != NIL && !cancelled)
 			continue;
 
-		if (!extension_ready)
-			timeout = messaging_poll_interval;
-		else if (conn.state == NULL)
-			timeout = Max(1, Min(amqp_backoff_remaining_ms(&backoff),
-								 (long) messaging_poll_interval));
-		else
-			timeout = amqp_conn_tick_ms(&conn, messaging_poll_interval);
-
-		rc = amqp_conn_wait(&conn, timeout);
-		if (rc & WL_LATCH_SET)
-			ResetLatch(MyLatch);
+		(void) amqp_link_sleep(&broker, extension_ready);
 	}
 }

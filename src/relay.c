@@ -1266,7 +1266,6 @@ messaging_relay_main(Datum main_arg)
 	for (;;)
 	{
 		bool		more = false;
-		long		timeout;
 		int			rc;
 
 		CHECK_FOR_INTERRUPTS();
@@ -1327,17 +1326,7 @@ messaging_relay_main(Datum main_arg)
 		if (more)
 			continue;
 
-		if (!extension_ready)
-			timeout = messaging_poll_interval;
-		else if (conn.state == NULL)
-			timeout = Max(1, Min(amqp_backoff_remaining_ms(&backoff),
-								 (long) messaging_poll_interval));
-		else
-			timeout = amqp_conn_tick_ms(&conn, messaging_poll_interval);
-
-		rc = amqp_conn_wait(&conn, timeout);
-		if (rc & WL_LATCH_SET)
-			ResetLatch(MyLatch);
+		rc = amqp_link_sleep(&broker, extension_ready);
 
 		if ((rc & WL_SOCKET_READABLE) && conn.state != NULL &&
 			!relay_read_frames(NULL, 0))

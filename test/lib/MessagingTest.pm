@@ -255,6 +255,42 @@ END
 	}
 }
 
+=pod
+
+=item MessagingTest::bind_queue($broker, $queue, @bindings)
+
+Plays the other application setting up its inbox: declares both exchanges
+and the durable queue $queue, bound as each "EXCHANGE:ROUTING_KEY" says.
+Returns true on success (and diagnoses the failure otherwise).
+
+=cut
+
+sub bind_queue
+{
+	my ($broker, $queue, @bindings) = @_;
+	my ($rc, $out, $err) = node('consume', '--url', $broker->url,
+		'--queue', $queue, '--declare-exchanges',
+		(map { ('--bind', $_) } @bindings), '--setup-only');
+	Test::More::diag("consume.js: $err") if $rc != 0;
+	return $rc == 0;
+}
+
+=pod
+
+=item MessagingTest::relay_connected($node)
+
+Waits (PostgreSQL::Test::Cluster's poll timeout) until the relay of $node
+reports a connection to its broker; true when it does.
+
+=cut
+
+sub relay_connected
+{
+	my ($node) = @_;
+	return $node->poll_query_until('postgres',
+		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'");
+}
+
 package MessagingTest::Broker;
 
 use strict;

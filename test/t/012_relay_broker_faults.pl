@@ -18,10 +18,8 @@ use MessagingTest;
 my $mq = MessagingTest::start_broker();
 my $url = $mq->url;
 
-my ($rc, $out, $err) = MessagingTest::node('consume', '--url', $url,
-	'--queue', 'crm-inbox', '--declare-exchanges',
-	'--bind', 'inter-app-events:crm.#', '--setup-only');
-is($rc, 0, 'crm queue declared and bound') or diag($err);
+my ($rc, $out, $err);
+ok(MessagingTest::bind_queue($mq, 'crm-inbox', 'inter-app-events:crm.#'), 'crm queue declared and bound');
 
 my $node = MessagingTest::new_cluster('faults', $mq,
 	'messaging.app_name' => 'wrapper',
@@ -36,9 +34,7 @@ sub relay_status
 		"SELECT $cols FROM messaging.connection_status WHERE worker = 'relay'");
 }
 
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 
 # Publishes $batches transactions of $per events, 0.1 s apart, in the
 # background; event i carries {"i": i} with i from $first on.
@@ -83,9 +79,7 @@ $mq->start;
 finish_load($load, 'graceful stop');
 ok( $node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
 	'graceful stop: outbox drained after the broker came back');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'graceful stop: relay connected again');
+ok(MessagingTest::relay_connected($node), 'graceful stop: relay connected again');
 my $reconnects_a = relay_status('reconnects');
 cmp_ok($reconnects_a, '>=', 1, 'graceful stop: reconnect counted');
 
@@ -98,9 +92,7 @@ $mq->start;
 finish_load($load, 'kill -9');
 ok( $node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
 	'kill -9: outbox drained after the broker came back');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'kill -9: relay connected again');
+ok(MessagingTest::relay_connected($node), 'kill -9: relay connected again');
 cmp_ok(relay_status('reconnects'), '>', $reconnects_a, 'kill -9: reconnect counted');
 
 # Everything the broker holds for crm, duplicates included.
@@ -145,9 +137,7 @@ ok( $node->poll_query_until('postgres',
 sleep 10;
 like(relay_status('last_error'), qr/\S/, 'last_error says why');
 $mq->start;
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected after the long outage');
+ok(MessagingTest::relay_connected($node), 'relay connected after the long outage');
 my $log = substr(slurp_file($node->logfile), $offset);
 my $lost = () = $log =~ /messaging relay lost its connection/g;
 my $failed = () = $log =~ /messaging relay could not connect/g;

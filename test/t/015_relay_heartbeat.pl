@@ -24,10 +24,8 @@ END
 	kill 'CONT', $frozen_pid if $frozen_pid;
 }
 
-my ($rc, $out, $err) = MessagingTest::node('consume', '--url', $url,
-	'--queue', 'crm-inbox', '--declare-exchanges',
-	'--bind', 'inter-app-events:crm.#', '--setup-only');
-is($rc, 0, 'crm queue declared and bound') or diag($err);
+my ($rc, $out, $err);
+ok(MessagingTest::bind_queue($mq, 'crm-inbox', 'inter-app-events:crm.#'), 'crm queue declared and bound');
 
 my $node = MessagingTest::new_cluster('heartbeat', $mq,
 	'messaging.app_name' => 'wrapper',
@@ -52,9 +50,7 @@ sub broker_relay_connection
 	return join("\n", map { join "\t", (split /\t/)[ 0, 1 ] } @relay);
 }
 
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 my $id = $node->safe_psql('postgres',
 	q{SELECT messaging.publish_event('user.created', '{"i": 0}', 'crm')});
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
@@ -94,9 +90,7 @@ ok($detected, 'relay declared the frozen broker\'s connection dead');
 like($error, qr/heartbeat timeout|no data from the broker|no publisher confirm/,
 	"last_error says why: $error");
 
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay reconnected after the broker resumed');
+ok(MessagingTest::relay_connected($node), 'relay reconnected after the broker resumed');
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
 	'events published during the freeze left the outbox');
 cmp_ok(relay('reconnects'), '>', $reconnects, 'reconnect counted');

@@ -30,9 +30,7 @@ my $node = MessagingTest::new_cluster('nacked', $mq,
 	'messaging.app_name' => 'wrapper',
 	'messaging.publish_max_attempts' => '3');
 $node->safe_psql('postgres', 'CREATE EXTENSION messaging');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 
 # The first event for "full" fills its queue.
 my $id_fill = $node->safe_psql('postgres',

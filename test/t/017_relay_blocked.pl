@@ -21,10 +21,8 @@ END
 	eval { $mq->ctl('set_vm_memory_high_watermark', '0.4') if $alarm_on; 1 };
 }
 
-my ($rc, $out, $err) = MessagingTest::node('consume', '--url', $url,
-	'--queue', 'crm-inbox', '--declare-exchanges',
-	'--bind', 'inter-app-events:crm.#', '--setup-only');
-is($rc, 0, 'crm queue declared and bound') or diag($err);
+my ($rc, $out, $err);
+ok(MessagingTest::bind_queue($mq, 'crm-inbox', 'inter-app-events:crm.#'), 'crm queue declared and bound');
 
 my $node = MessagingTest::new_cluster('blocked', $mq,
 	'messaging.app_name' => 'wrapper');
@@ -49,9 +47,7 @@ sub alarm_off
 	$alarm_on = 0;
 }
 
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 my $reconnects = relay('reconnects');
 
 # 1. Alarm while idle.
@@ -67,9 +63,7 @@ sleep 3;
 is($node->safe_psql('postgres', 'SELECT count(*) FROM messaging.outbox'), '1',
 	'the event waits in the outbox while blocked');
 alarm_off();
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected again after the alarm cleared');
+ok(MessagingTest::relay_connected($node), 'relay connected again after the alarm cleared');
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
 	'the event is published');
 
@@ -86,9 +80,7 @@ sleep 4;
 alarm_off();
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
 	'the stream is published after the alarm');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 
 my $queued = $mq->queue_messages('crm-inbox');
 cmp_ok($queued, '>=', 2001, "at least 2001 messages queued ($queued)");

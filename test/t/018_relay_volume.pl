@@ -15,18 +15,14 @@ use MessagingTest;
 my $mq = MessagingTest::start_broker();
 my $url = $mq->url;
 
-my ($rc, $out, $err) = MessagingTest::node('consume', '--url', $url,
-	'--queue', 'crm-inbox', '--declare-exchanges',
-	'--bind', 'inter-app-events:crm.#', '--setup-only');
-is($rc, 0, 'crm queue declared and bound') or diag($err);
+my ($rc, $out, $err);
+ok(MessagingTest::bind_queue($mq, 'crm-inbox', 'inter-app-events:crm.#'), 'crm queue declared and bound');
 
 my $node = MessagingTest::new_cluster('volume', $mq,
 	'messaging.app_name' => 'wrapper',
 	'messaging.reconnect_max_delay' => '1s');
 $node->safe_psql('postgres', 'CREATE EXTENSION messaging');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 
 sub consume
 {
@@ -102,9 +98,7 @@ my $id = $node->safe_psql('postgres',
 	q{SELECT messaging.publish_event('item.synced', '{"i": "after"}', 'crm')});
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM messaging.outbox'),
 	'event published after the extension was created again');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 my $queued = $mq->queue_messages('crm-inbox');
 my @after = grep { $_->{properties}{messageId} eq $id } consume($queued);
 is(scalar @after, 1, 'the new event arrived once');

@@ -24,10 +24,8 @@ END
 	kill 'CONT', $frozen_pid if $frozen_pid;
 }
 
-my ($rc, $out, $err) = MessagingTest::node('consume', '--url', $url,
-	'--queue', 'crm-inbox', '--declare-exchanges',
-	'--bind', 'inter-app-events:crm.#', '--setup-only');
-is($rc, 0, 'crm queue declared and bound') or diag($err);
+my ($rc, $out, $err);
+ok(MessagingTest::bind_queue($mq, 'crm-inbox', 'inter-app-events:crm.#'), 'crm queue declared and bound');
 
 my $node = MessagingTest::new_cluster('window', $mq,
 	'messaging.app_name' => 'wrapper',
@@ -85,9 +83,7 @@ sub publish_mixed
 		FROM generate_series($from, $to) i});
 }
 
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 
 # 1. One event in flight at a time, one row per batch.
 publish_mixed(1, 300);
@@ -131,9 +127,7 @@ for my $b (0 .. 2)
 	$mq->close_all_connections('closed while publishing');
 }
 drained('connections closed');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected again');
+ok(MessagingTest::relay_connected($node), 'relay connected again');
 cmp_ok(relay('reconnects'), '>', $reconnects, 'reconnects counted');
 $seen = consume_all();
 is_deeply([ sort { $a <=> $b } keys %$seen ], [ 2000 .. 4999 ],
@@ -154,9 +148,7 @@ ok($detected, 'relay gave up on the silent connection');
 like($error, qr/no publisher confirm from the broker within 3000 ms/,
 	'last_error names the confirm timeout');
 drained('after the freeze');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected after the freeze');
+ok(MessagingTest::relay_connected($node), 'relay connected after the freeze');
 $seen = consume_all();
 is_deeply([ sort { $a <=> $b } keys %$seen ], [ 5000 .. 5049 ],
 	'freeze: no event lost');

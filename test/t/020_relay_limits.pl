@@ -33,9 +33,7 @@ my $node = MessagingTest::new_cluster('limits', $mq,
 	'messaging.app_name' => 'wrapper',
 	'messaging.reconnect_max_delay' => '1s');
 $node->safe_psql('postgres', 'CREATE EXTENSION messaging');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 
 my $id = $node->safe_psql('postgres', qq{
 	SELECT messaging.publish_event('$type', '{"long": true}', '$app',
@@ -93,9 +91,7 @@ open my $fh, '>', $mq->dir . '/advanced.config' or die $!;
 print $fh "[{rabbit, [{max_message_size, 262144}]}].\n";
 close $fh;
 $mq->start;
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected to the broker with a 256 kB message limit');
+ok(MessagingTest::relay_connected($node), 'relay connected to the broker with a 256 kB message limit');
 my $offset = -s $node->logfile;
 my $id_big = $node->safe_psql('postgres', q{
 	SELECT messaging.publish_event('blob.stored',

@@ -16,18 +16,14 @@ use MessagingTest;
 my $mq = MessagingTest::start_broker();
 my $url = $mq->url;
 
-my ($rc, $out, $err) = MessagingTest::node('consume', '--url', $url,
-	'--queue', 'crm-inbox', '--declare-exchanges',
-	'--bind', 'inter-app-events:crm.#', '--setup-only');
-is($rc, 0, 'crm queue declared and bound') or diag($err);
+my ($rc, $out, $err);
+ok(MessagingTest::bind_queue($mq, 'crm-inbox', 'inter-app-events:crm.#'), 'crm queue declared and bound');
 
 my $node = MessagingTest::new_cluster('transactions', $mq,
 	'messaging.app_name' => 'wrapper',
 	'max_prepared_transactions' => '5');
 $node->safe_psql('postgres', 'CREATE EXTENSION messaging');
-ok( $node->poll_query_until('postgres',
-		"SELECT state = 'connected' FROM messaging.connection_status WHERE worker = 'relay'"),
-	'relay connected');
+ok(MessagingTest::relay_connected($node), 'relay connected');
 
 sub drained
 {
