@@ -26,10 +26,9 @@ LANGUAGE C VOLATILE STRICT;
  * and then looked up again.  Call it in a short READ COMMITTED transaction
  * of its own.
  *
- * XXX: a caller that already holds counter rows of the same key in its
- * transaction (several acknowledgements in one transaction) can deadlock
- * with the relay's pass while waiting; PostgreSQL then aborts one of the
- * two, and a relay pass that is aborted publishes its events again.
+ * The relay writes counter rows of its own (see messaging.event_counters),
+ * so it never waits for counter rows this caller holds, and the wait for
+ * its pass cannot turn into a deadlock.
  *
  * XXX: awaiting_ack keeps no payload or correlation id, so the failed_events
  * row of a negative acknowledgement (or of a timeout) has no envelope and
