@@ -134,7 +134,7 @@ typedef struct RelayPass
 static AmqpConn conn;
 static AmqpBackoff backoff;
 static uint64 next_tag = 1;		/* delivery tag of the next publish */
-static char *connected_url = NULL;
+static char *connected_with = NULL;	/* broker URL and CA file in use */
 static bool extension_ready = false;
 static AmqpLink broker = {&conn, &backoff, MSG_WORKER_RELAY, "relay"};
 
@@ -168,6 +168,15 @@ set_state(MessagingConnState state, const char *error)
 	amqp_conn_report(&conn, MSG_WORKER_RELAY, state, error);
 }
 
+/* The settings a connection was made with, to notice when they change. */
+static char *
+connection_settings(void)
+{
+	return MemoryContextStrdup(TopMemoryContext,
+							   psprintf("%s\n%s", messaging_broker_url,
+										messaging_broker_ca_file));
+}
+
 /*
  * Connects and prepares the publishing channel: declares both exchanges
  * (durable, idempotent) and enables confirm mode.
@@ -190,9 +199,9 @@ relay_connect(void)
 	if (!amqp_conn_reply_ok(&conn, "enable publisher confirms"))
 		goto fail;
 	next_tag = 1;
-	if (connected_url)
-		pfree(connected_url);
-	connected_url = MemoryContextStrdup(TopMemoryContext, messaging_broker_url);
+	if (connected_with)
+		pfree(connected_with);
+	connected_with = connection_settings();
 
 	amqp_link_up(&broker, "");
 	return true;
@@ -1272,17 +1281,24 @@ messaging_relay_main(Datum main_arg)
 
 		if (ConfigReloadPending)
 		{
+			char	   *now_with;
+
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			if (conn.state != NULL && connected_url != NULL &&
-				strcmp(connected_url, messaging_broker_url) != 0)
+			now_with = connection_settings();
+			if (conn.state != NULL && connected_with != NULL &&
+				strcmp(connected_with, now_with) != 0)
 			{
 				ereport(LOG,
 						(errmsg("messaging relay reconnecting because \"%s\" changed",
-								"messaging.broker_url")));
+								strncmp(connected_with, now_with,
+										strcspn(connected_with, "\n") + 1) != 0 ?
+								"messaging.broker_url" :
+								"messaging.broker_ca_file")));
 				amqp_conn_close(&conn);
 				amqp_backoff_reset(&backoff);
 			}
+			pfree(now_with);
 			if (conn.state == NULL)
 			{
 				/* perhaps what failed was just fixed: try again at once */

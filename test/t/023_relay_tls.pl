@@ -118,13 +118,13 @@ is($mq->queue_messages('tls-crm'), 0, 'and nothing reached the queue');
 
 # The right certificate again, but no CA configured: the system store does
 # not know the scratch CA.
+$node->safe_psql('postgres',
+	"ALTER SYSTEM SET messaging.broker_ca_file = ''; SELECT pg_reload_conf();");
 $mq->stop;
 open($fh, '>', $mq->dir . '/extra.conf') or die $!;
 print $fh tls_conf('localhost');
 close($fh);
 $mq->start;
-$node->safe_psql('postgres',
-	"ALTER SYSTEM SET messaging.broker_ca_file = ''; SELECT pg_reload_conf();");
 sleep 3;
 isnt($node->safe_psql('postgres',
 		"SELECT state FROM messaging.connection_status WHERE worker = 'relay'"),
