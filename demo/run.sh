@@ -136,7 +136,7 @@ echo "scenario done: $(grep -c . "$DIR/scenario.out" || true) publish_event call
 # ---- queries on the extension's own objects: keep them here ----
 OUTBOX_COUNT_SQL='SELECT count(*) FROM messaging.outbox'
 STATUS_SQL='SELECT worker, pid, state, broker_host, broker_port, reconnects, published, failed, backlog, last_error FROM messaging.connection_status'
-COUNTERS_SQL="SELECT coalesce(nullif(tenant_id, ''), '-') AS tenant, source_app, coalesce(nullif(target_app, ''), '*') AS target_app, event_type, published, acknowledged, failed, received, unhandled FROM messaging.event_counters ORDER BY 1, 2, 3, 4"
+COUNTERS_SQL="SELECT coalesce(nullif(tenant_id, ''), '-') AS tenant, source_app, coalesce(nullif(target_app, ''), '*') AS target_app, event_type, sum(published) AS published, sum(acknowledged) AS acknowledged, sum(failed) AS failed, sum(received) AS received, sum(unhandled) AS unhandled FROM messaging.event_counters GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
 AWAITING_SQL='SELECT count(*) FROM messaging.awaiting_ack'
 HANDLED_SQL='SELECT count(*) FROM messaging.handled_events'
 LOCAL_SQL="SELECT 'user' AS kind, id, tenant, email AS detail, active::text AS state FROM app.users UNION ALL SELECT 'org', id, tenant, name, '' FROM app.orgs UNION ALL SELECT 'role', id, tenant, name, '' FROM app.roles UNION ALL SELECT 'credit', account, tenant, amount::text, granted_by FROM app.credits ORDER BY 1, 2"
@@ -267,7 +267,7 @@ psql_demo -c "$LOCAL_SQL" || ok=0
 
 say "messaging.connection_status"
 psql_demo -c "$STATUS_SQL" || ok=0
-say "messaging.event_counters (hourly; '*' is a broadcast)"
+say "messaging.event_counters, summed over their writers (hourly; '*' is a broadcast)"
 psql_demo -c "$COUNTERS_SQL" || ok=0
 say "messaging.failed_events"
 psql_demo -c "$FAILED_SQL" || ok=0

@@ -269,8 +269,9 @@ static char *
 make_topology_key(void)
 {
 	return MemoryContextStrdup(TopMemoryContext,
-							   psprintf("%s|%s|%s|%d|%d|%d",
+							   psprintf("%s|%s|%s|%s|%d|%d|%d",
 										messaging_broker_url,
+										messaging_broker_ca_file,
 										messaging_consumer_queue,
 										messaging_app_name,
 										messaging_retry_delay,
