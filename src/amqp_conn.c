@@ -612,6 +612,23 @@ amqp_conn_close(AmqpConn *c)
 }
 
 /*
+ * Puts channel ch in confirm mode, opening it first if asked to (channel 1
+ * is open after amqp_conn_open()).  Delivery tags on it start at 1.
+ */
+bool
+amqp_conn_confirm_channel(AmqpConn *c, amqp_channel_t ch, bool open_first)
+{
+	if (open_first)
+	{
+		amqp_channel_open(c->state, ch);
+		if (!amqp_conn_reply_ok(c, "open channel"))
+			return false;
+	}
+	amqp_confirm_select(c->state, ch);
+	return amqp_conn_reply_ok(c, "enable publisher confirms");
+}
+
+/*
  * Declares a durable exchange on channel ch; idempotent.
  */
 bool

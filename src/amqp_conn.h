@@ -80,6 +80,8 @@ extern int	amqp_conn_publish(AmqpConn *c, amqp_channel_t channel,
 
 extern bool amqp_conn_reply_ok(AmqpConn *c, const char *what);
 extern void amqp_conn_status_error(AmqpConn *c, int status, const char *what);
+extern bool amqp_conn_confirm_channel(AmqpConn *c, amqp_channel_t ch,
+									  bool open_first);
 extern bool amqp_conn_declare_exchange(AmqpConn *c, amqp_channel_t ch,
 									   const char *name, const char *type);
 

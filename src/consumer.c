@@ -344,11 +344,7 @@ declare_topology(void)
 static bool
 open_publish_channel(void)
 {
-	amqp_channel_open(conn.state, CH_PUBLISH);
-	if (!amqp_conn_reply_ok(&conn, "open publishing channel"))
-		return false;
-	amqp_confirm_select(conn.state, CH_PUBLISH);
-	if (!amqp_conn_reply_ok(&conn, "enable publisher confirms"))
+	if (!amqp_conn_confirm_channel(&conn, CH_PUBLISH, true))
 		return false;
 	publish_seq = 0;
 	return true;

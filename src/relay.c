@@ -195,8 +195,7 @@ relay_connect(void)
 	if (!amqp_conn_declare_exchange(&conn, 1, MESSAGING_TOPIC_EXCHANGE, "topic") ||
 		!amqp_conn_declare_exchange(&conn, 1, MESSAGING_FANOUT_EXCHANGE, "fanout"))
 		goto fail;
-	amqp_confirm_select(conn.state, 1);
-	if (!amqp_conn_reply_ok(&conn, "enable publisher confirms"))
+	if (!amqp_conn_confirm_channel(&conn, 1, false))
 		goto fail;
 	next_tag = 1;
 	if (connected_with)
@@ -909,11 +908,7 @@ isolate_refused(RelayPass *pass)
 static bool
 open_channel(void)
 {
-	amqp_channel_open(conn.state, 1);
-	if (!amqp_conn_reply_ok(&conn, "open channel"))
-		return false;
-	amqp_confirm_select(conn.state, 1);
-	if (!amqp_conn_reply_ok(&conn, "enable publisher confirms"))
+	if (!amqp_conn_confirm_channel(&conn, 1, true))
 		return false;
 	next_tag = 1;
 	return true;
