@@ -827,6 +827,19 @@ remember_outcomes(RelayPass *pass)
 	}
 }
 
+/* The outbox's row count, in the current transaction; -1 if unknown. */
+static int64
+count_outbox(void)
+{
+	bool		isnull;
+
+	if (SPI_execute_plan(count_plan, NULL, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		return -1;
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /*
  * Starts one of the relay's transactions, the way every background worker
  * should: statement time, transaction, SPI, a snapshot, and the activity
@@ -1049,15 +1062,7 @@ relay_drain(void)
 		backlog = pass.unconfirmed;
 	else if (TimestampDifferenceExceeds(last_count, GetCurrentTimestamp(), 2000))
 	{
-		if (SPI_execute_plan(count_plan, NULL, NULL, true, 1) == SPI_OK_SELECT &&
-			SPI_processed == 1)
-		{
-			bool		isnull;
-
-			backlog = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-												  SPI_tuptable->tupdesc, 1,
-												  &isnull));
-		}
+		backlog = count_outbox();
 		last_count = GetCurrentTimestamp();
 	}
 
@@ -1214,15 +1219,7 @@ relay_count_backlog(void)
 	last_count = GetCurrentTimestamp();
 
 	relay_txn_begin("messaging relay: count outbox");
-	if (SPI_execute_plan(count_plan, NULL, NULL, true, 1) == SPI_OK_SELECT &&
-		SPI_processed == 1)
-	{
-		bool		isnull;
-
-		backlog = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1,
-											  &isnull));
-	}
+	backlog = count_outbox();
 	relay_txn_end();
 
 	if (backlog >= 0)
