@@ -55,6 +55,9 @@
 
 #include "common/pg_prng.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/timeout.h"
@@ -555,6 +558,32 @@ amqp_link_lost(AmqpLink *l)
 	l->failing = true;
 	amqp_conn_drop(c);
 	amqp_backoff_failed(l->backoff, messaging_reconnect_max_delay);
+}
+
+/*
+ * A worker's start: signal handlers (reload, the SIGTERM of
+ * amqp_conn_install_guards(), SIGPIPE ignored so that a broker dropping a
+ * TLS connection cannot kill the worker), its status block, its database
+ * connection and its name in pg_stat_activity.
+ */
+void
+amqp_link_start(AmqpLink *l)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	amqp_conn_install_guards();
+	pqsignal(SIGPIPE, SIG_IGN);
+	BackgroundWorkerUnblockSignals();
+
+	memset(l->conn, 0, sizeof(AmqpConn));
+	l->conn->fd = -1;
+	messaging_worker_attach(l->kind);
+	amqp_conn_report(l->conn, l->kind, MSG_CONN_DISCONNECTED, NULL);
+	BackgroundWorkerInitializeConnection(messaging_database, NULL, 0);
+	pgstat_report_appname(psprintf("messaging %s", l->worker));
+
+	ereport(LOG,
+			(errmsg("messaging %s started for database \"%s\"",
+					l->worker, messaging_database)));
 }
 
 /*

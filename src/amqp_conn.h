@@ -61,6 +61,7 @@ typedef struct AmqpLink
 extern void amqp_link_up(AmqpLink *l, const char *what);
 extern void amqp_link_failed(AmqpLink *l, const char *what, const char *hint);
 extern void amqp_link_lost(AmqpLink *l);
+extern void amqp_link_start(AmqpLink *l);
 extern int	amqp_link_sleep(AmqpLink *l, bool extension_ready);
 
 extern bool amqp_conn_open(AmqpConn *c, const char *url, const char *ca_file,

@@ -1897,17 +1897,7 @@ consumer_recover_from_error(void)
 void
 messaging_consumer_main(Datum main_arg)
 {
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	amqp_conn_install_guards();
-	BackgroundWorkerUnblockSignals();
-
-	messaging_worker_attach(MSG_WORKER_CONSUMER);
-	BackgroundWorkerInitializeConnection(messaging_database, NULL, 0);
-	pgstat_report_appname("messaging consumer");
-
-	ereport(LOG,
-			(errmsg("messaging consumer started for database \"%s\"",
-					messaging_database)));
+	amqp_link_start(&broker);
 
 	consumer_context = AllocSetContextCreate(TopMemoryContext,
 											 "messaging consumer",
@@ -1915,8 +1905,6 @@ messaging_consumer_main(Datum main_arg)
 	message_context = AllocSetContextCreate(TopMemoryContext,
 											"messaging consumer message",
 											ALLOCSET_DEFAULT_SIZES);
-	memset(&conn, 0, sizeof(conn));
-	conn.fd = -1;
 
 	for (;;)
 	{

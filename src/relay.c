@@ -1234,18 +1234,7 @@ relay_count_backlog(void)
 void
 messaging_relay_main(Datum main_arg)
 {
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	amqp_conn_install_guards();
-	/* a broker that drops a TLS connection must not kill the worker */
-	pqsignal(SIGPIPE, SIG_IGN);
-	BackgroundWorkerUnblockSignals();
-
-	memset(&conn, 0, sizeof(conn));
-	conn.fd = -1;
-	messaging_worker_attach(MSG_WORKER_RELAY);
-	set_state(MSG_CONN_DISCONNECTED, NULL);
-	BackgroundWorkerInitializeConnection(messaging_database, NULL, 0);
-	pgstat_report_appname("messaging relay");
+	amqp_link_start(&broker);
 
 	/*
 	 * The relay's own commits need not wait for the WAL flush: losing one in
@@ -1253,10 +1242,6 @@ messaging_relay_main(Datum main_arg)
 	 * at-least-once delivery allows.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-
-	ereport(LOG,
-			(errmsg("messaging relay started for database \"%s\"",
-					messaging_database)));
 
 	pass_context = AllocSetContextCreate(TopMemoryContext,
 										 "messaging relay pass",
