@@ -1,13 +1,15 @@
 -- Row-change events from triggers: payload shapes, change detection,
 -- options, truncate, row and statement forms, rollback, bad arguments.
--- No broker is reachable, so events stay in messaging.outbox.
+-- No broker is reachable, so events stay where they were written: the
+-- row form's in messaging.outbox, the statement form's staged in
+-- messaging.outbox_staged; messaging.pending_events shows both.
 SET client_min_messages = warning;
 CREATE EXTENSION IF NOT EXISTS messaging;
 RESET client_min_messages;
 SET timezone = 'UTC';
 SET extra_float_digits = 0;
 \set VERBOSITY default
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 CREATE TYPE trg_addr AS (street text, zip integer);
 CREATE TABLE trg_stmt (
@@ -48,17 +50,17 @@ SELECT trg_fill('trg_row');
 CREATE VIEW trg_events AS
 	SELECT row_number() OVER (ORDER BY id) AS n, event_type, target_app,
 		   tenant_id, source_app, correlation_id, payload
-	  FROM messaging.outbox;
+	  FROM messaging.pending_events;
 SELECT n, event_type, target_app, tenant_id, source_app, correlation_id,
 	   jsonb_pretty(payload) FROM trg_events;
 
 -- both forms render the same payloads
 SELECT count(*) AS events, count(DISTINCT payload) AS distinct_payloads
-  FROM messaging.outbox;
+  FROM messaging.pending_events;
 -- and exactly as to_jsonb() does
 SELECT bool_and(o.payload = to_jsonb(r) - 'pw') AS same_as_to_jsonb
-  FROM messaging.outbox o JOIN trg_row r ON (o.payload->>'id')::bigint = r.id;
-TRUNCATE messaging.outbox;
+  FROM messaging.pending_events o JOIN trg_row r ON (o.payload->>'id')::bigint = r.id;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- the types rendered without to_jsonb(), and some that go through it,
 -- match to_jsonb() in both forms: NaN and infinities are strings
@@ -87,22 +89,22 @@ END
 $$;
 SELECT trg_fill_types('trg_types');
 SELECT trg_fill_types('trg_types_row');
-SELECT event_type, payload FROM messaging.outbox ORDER BY id;
+SELECT event_type, payload FROM messaging.pending_events ORDER BY id;
 SELECT count(*) AS events, count(DISTINCT payload) AS distinct_payloads,
 	   bool_and(o.payload = to_jsonb(r)) AS same_as_to_jsonb
-  FROM messaging.outbox o JOIN trg_types r ON (o.payload->>'id')::int2 = r.id;
+  FROM messaging.pending_events o JOIN trg_types r ON (o.payload->>'id')::int2 = r.id;
 DROP TABLE trg_types, trg_types_row;
 DROP FUNCTION trg_fill_types(regclass);
 DROP DOMAIN trg_code;
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- an update: new row, old values of changed columns, changed list
 UPDATE trg_stmt SET email = 'c@x', balance = 10.5, pw = 'new' WHERE id = 1;
 UPDATE trg_row SET email = 'c@x', balance = 10.5, pw = 'new' WHERE id = 1;
 SELECT n, event_type, tenant_id, payload->'old' AS old, payload->'changed' AS changed,
 	   payload->'new'->>'email' AS new_email FROM trg_events;
-SELECT count(DISTINCT payload) AS distinct_payloads FROM messaging.outbox;
-TRUNCATE messaging.outbox;
+SELECT count(DISTINCT payload) AS distinct_payloads FROM messaging.pending_events;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- no-op updates and updates of excluded columns only emit nothing
 UPDATE trg_stmt SET email = email;
@@ -111,7 +113,7 @@ UPDATE trg_stmt SET pw = 'zzz';
 UPDATE trg_row SET pw = 'zzz';
 UPDATE trg_stmt SET js = '{"k":[1,2.0]}' WHERE id = 1;  -- same JSON value
 UPDATE trg_row SET js = '{"k":[1,2.0]}' WHERE id = 1;
-SELECT count(*) AS events FROM messaging.outbox;
+SELECT count(*) AS events FROM messaging.pending_events;
 
 -- NULL to value and back; many columns at once
 UPDATE trg_stmt SET tenant = 'acme', balance = 1, seen = '2026-05-06 07:08:09+00',
@@ -119,8 +121,8 @@ UPDATE trg_stmt SET tenant = 'acme', balance = 1, seen = '2026-05-06 07:08:09+00
 UPDATE trg_row SET tenant = 'acme', balance = 1, seen = '2026-05-06 07:08:09+00',
 	blob = '\xff', tags = '{}', home = ROW(NULL, 1), js = 'null' WHERE id = 2;
 SELECT n, tenant_id, payload->'changed' AS changed, payload->'old' AS old FROM trg_events;
-SELECT count(DISTINCT payload) AS distinct_payloads FROM messaging.outbox;
-TRUNCATE messaging.outbox;
+SELECT count(DISTINCT payload) AS distinct_payloads FROM messaging.pending_events;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- deletes carry the old row; truncate emits one event
 DELETE FROM trg_stmt WHERE id = 2;
@@ -128,17 +130,20 @@ DELETE FROM trg_row WHERE id = 2;
 TRUNCATE trg_stmt;
 TRUNCATE trg_row;
 SELECT n, event_type, tenant_id, payload FROM trg_events;
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
--- the statement form describes an update per primary key value
+-- an update of the primary key is an update of the row, in both forms
 INSERT INTO trg_stmt (id, email) VALUES (1, 'a'), (3, 'b');
-TRUNCATE messaging.outbox;
+INSERT INTO trg_row (id, email) VALUES (1, 'a'), (3, 'b');
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 UPDATE trg_stmt SET id = id + 1;
-SELECT n, event_type, payload->'new'->>'id' AS new_id, payload->>'id' AS id,
-	   payload->'changed' AS changed FROM trg_events ORDER BY event_type, n;
-TRUNCATE messaging.outbox;
-TRUNCATE trg_stmt;
-TRUNCATE messaging.outbox;
+UPDATE trg_row SET id = id + 1;
+SELECT n, event_type, payload->'new'->>'id' AS new_id, payload->'old'->>'id' AS old_id,
+	   payload->'changed' AS changed FROM trg_events ORDER BY n;
+SELECT count(DISTINCT payload) AS distinct_payloads FROM messaging.pending_events;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
+TRUNCATE trg_stmt, trg_row;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- watched columns: only their changes are events
 CREATE TABLE trg_watch (id int PRIMARY KEY, status text, note text, tenant int);
@@ -148,7 +153,7 @@ INSERT INTO trg_watch VALUES (1, 'new', 'a', 7);
 UPDATE trg_watch SET note = 'b';
 UPDATE trg_watch SET status = 'paid', note = 'c';
 SELECT n, event_type, target_app, tenant_id, payload FROM trg_events;
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 -- the same through the helper, statement form
 DROP TRIGGER w ON trg_watch;
 SELECT messaging.create_event_trigger('trg_watch', 'order', NULL, 'tenant',
@@ -156,7 +161,7 @@ SELECT messaging.create_event_trigger('trg_watch', 'order', NULL, 'tenant',
 UPDATE trg_watch SET note = 'd';
 UPDATE trg_watch SET status = 'shipped';
 SELECT n, event_type, payload FROM trg_events;
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- a rolled-back change emits nothing; a rolled-back savepoint neither
 BEGIN;
@@ -169,7 +174,7 @@ INSERT INTO trg_watch VALUES (4, 'new', NULL, 7);
 ROLLBACK TO s;
 COMMIT;
 SELECT event_type, payload->>'id' AS id FROM trg_events;
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- suppression lasts until the end of the transaction
 BEGIN;
@@ -178,17 +183,17 @@ UPDATE trg_watch SET status = 'lost';
 COMMIT;
 UPDATE trg_watch SET status = 'found' WHERE id = 1;
 SELECT event_type, payload->'new'->>'status' AS status FROM trg_events;
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- the source follows messaging.app_name
-SELECT DISTINCT source_app FROM messaging.outbox;
+SELECT DISTINCT source_app FROM messaging.pending_events;
 
 -- tenant ids are checked
 INSERT INTO trg_stmt (id, tenant) VALUES (9, 'bad tenant');
 INSERT INTO trg_row (id, tenant) VALUES (9, 'a*b');
 INSERT INTO trg_watch VALUES (9, 'x', NULL, NULL);
 SELECT event_type, tenant_id FROM trg_events;
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 DROP TABLE trg_watch;
 
 -- bad arguments at the first firing, naming trigger and argument; the
@@ -238,16 +243,18 @@ CREATE TABLE trg_nopk (id int, t text);
 CREATE TRIGGER b10 AFTER UPDATE ON trg_nopk REFERENCING OLD TABLE AS o NEW TABLE AS n
 	FOR EACH STATEMENT EXECUTE FUNCTION messaging.emit_event('account');
 INSERT INTO trg_nopk VALUES (1);
+-- (a table without primary key is fine: rows pair by position)
 SELECT trg_try('UPDATE trg_nopk SET t = ''x''');
--- the helper checks the same before creating anything
-SELECT trg_try('SELECT messaging.create_event_trigger(''trg_nopk'', ''account'')');
+SELECT event_type, payload FROM trg_events;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 SELECT trg_try('SELECT messaging.create_event_trigger(''trg_bad'', ''account.'')');
 SELECT trg_try('SELECT messaging.create_event_trigger(''trg_bad'', ''account'', ''crm'', ''tenant'')');
 SELECT trg_try('SELECT messaging.create_event_trigger(''trg_bad'', ''account'', exclude_columns => ''{"a,b"}'')');
 SELECT trg_try('SELECT messaging.create_event_trigger(''trg_events'', ''account'')');
 \set VERBOSITY default
+-- (b10 on trg_nopk is the one trigger left)
 SELECT count(*) AS triggers FROM pg_trigger WHERE tgrelid IN ('trg_bad'::regclass, 'trg_nopk'::regclass) AND NOT tgisinternal;
-SELECT count(*) AS events FROM messaging.outbox;
+SELECT count(*) AS events FROM messaging.pending_events;
 
 -- a fixed trigger works after CREATE OR REPLACE (the cache follows it)
 CREATE TRIGGER b11 AFTER INSERT ON trg_bad FOR EACH ROW EXECUTE FUNCTION messaging.emit_event('account', '', 'nope');
@@ -257,13 +264,62 @@ INSERT INTO trg_bad VALUES (1, 'acme');
 ALTER TABLE trg_bad ADD COLUMN extra int DEFAULT 5;
 INSERT INTO trg_bad VALUES (2, 'acme');
 SELECT event_type, tenant_id, payload FROM trg_events;
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 
 -- switching forms and dropping
 SELECT messaging.create_event_trigger('trg_row', 'account');
 SELECT tgname FROM pg_trigger WHERE tgrelid = 'trg_row'::regclass ORDER BY 1;
 SELECT messaging.drop_event_trigger('trg_row');
 SELECT messaging.drop_event_trigger('trg_row');
+
+-- Staging: the statement form's events are packed into rows of
+-- messaging.outbox_staged, which stay below a page, in the order of the
+-- rows; the relay moves them to the outbox before it publishes.
+CREATE TABLE trg_bulk (id int PRIMARY KEY, tenant text, note text);
+SELECT messaging.create_event_trigger('trg_bulk', 'note', 'crm', 'tenant');
+INSERT INTO trg_bulk SELECT g, 't' || (g % 3), repeat('x', 100) FROM generate_series(1, 1000) g;
+SELECT count(*) > 1 AS several_rows, sum(events) AS events,
+	   max(octet_length(body)) < 8192 AS below_a_page,
+	   bool_and(first_id <= last_id) AS ranges_ordered
+  FROM messaging.outbox_staged;
+SELECT count(*) AS events, count(DISTINCT id) AS ids, bool_and(staged) AS all_staged,
+	   bool_and(tenant_id = 't' || ((payload->>'id')::int % 3)) AS tenants_right,
+	   bool_and(target_app = 'crm' AND event_type = 'note.created') AS shared_right,
+	   bool_and(payload = jsonb_build_object('id', (payload->>'id')::int,
+			'tenant', 't' || ((payload->>'id')::int % 3), 'note', repeat('x', 100))) AS payloads_right
+  FROM messaging.pending_events;
+-- ids follow the rows
+SELECT bool_and(id_order = row_order) AS ids_follow_rows
+  FROM (SELECT row_number() OVER (ORDER BY id) AS id_order,
+			   row_number() OVER (ORDER BY (payload->>'id')::int) AS row_order
+		  FROM messaging.pending_events) x;
+-- event_status() finds a staged event, with its tenant
+SELECT (s).status, (s).event_type, (s).tenant_id, (s).target_app
+  FROM (SELECT messaging.event_status(id) AS s FROM messaging.pending_events
+		 WHERE payload->>'id' = '500') x;
+SELECT (messaging.event_status(messaging.uuid_generate_v7())).status AS never_seen;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
+-- an event too large for a staged row goes to the outbox itself, in its
+-- place among the others
+UPDATE trg_bulk SET note = CASE WHEN id = 2 THEN repeat('y', 9000) ELSE 'z' END
+ WHERE id <= 3;
+SELECT row_number() OVER (ORDER BY id) AS n, payload->'new'->>'id' AS row_id, staged,
+	   length(payload->'new'->>'note') AS note_length
+  FROM messaging.pending_events ORDER BY id;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
+-- updates pair old and new rows also when rows move between partitions
+CREATE TABLE trg_part (id int, region text, v int) PARTITION BY LIST (region);
+CREATE TABLE trg_part_eu PARTITION OF trg_part FOR VALUES IN ('eu');
+CREATE TABLE trg_part_us PARTITION OF trg_part FOR VALUES IN ('us');
+INSERT INTO trg_part SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g
+  FROM generate_series(1, 6) g;
+SELECT messaging.create_event_trigger('trg_part', 'item');
+UPDATE trg_part SET region = CASE WHEN id <= 3 THEN 'eu' ELSE region END, v = v * 10;
+SELECT payload->'new'->>'id' AS id, payload->'old' AS old, payload->'changed' AS changed,
+	   payload->'new'->>'region' AS region
+  FROM messaging.pending_events ORDER BY (payload->'new'->>'id')::int;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
+DROP TABLE trg_bulk, trg_part;
 
 DROP VIEW trg_events;
 DROP TABLE trg_stmt, trg_row, trg_bad, trg_nopk;

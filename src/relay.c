@@ -6,6 +6,11 @@
  *
  * One pass ("drain") is one database transaction:
  *
+ *	0. Move the events that statement-level triggers staged in
+ *	   messaging.outbox_staged into the outbox (outbox.c), oldest first;
+ *	   outbox rows from the oldest remaining staged row's first id on are
+ *	   left for the next pass, so that the events of one transaction stay
+ *	   in id order however they were written.
  *	1. Read up to messaging.publish_batch_size outbox rows in id order
  *	   with FOR UPDATE SKIP LOCKED, build each envelope and publish it
  *	   with the mandatory flag on a channel in confirm mode.  While the
@@ -75,6 +80,7 @@
 #include "amqp_conn.h"
 #include "envelope.h"
 #include "messaging.h"
+#include "outbox.h"
 #include "outcome.h"
 #include "rowstore.h"
 #include "shmem.h"
@@ -82,6 +88,12 @@
 /* A pass handles at most this many batches, or bytes, before it commits. */
 #define RELAY_BATCHES_PER_PASS	40
 #define RELAY_PASS_BYTES		((int64) 64 * 1024 * 1024)
+
+/*
+ * Staged rows moved into the outbox per pass: each holds up to a page of
+ * events, so this is about a pass's worth of events of a few hundred bytes.
+ */
+#define RELAY_UNSTAGE_ROWS		256
 
 /* Messages from this size on are followed by a short look at the socket. */
 #define RELAY_LARGE_MESSAGE			(64 * 1024)
@@ -154,6 +166,8 @@ static MemoryContext row_context = NULL;
 static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr outcome_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
+static SPIPlanPtr unstage_plan = NULL;
+static Oid	planned_staged = InvalidOid;	/* outbox_staged the plans know */
 static TimestampTz last_count = 0;
 static TimestampTz last_maintenance = 0;
 static TimestampTz last_pass_end = 0;
@@ -483,23 +497,82 @@ getattr_text(HeapTuple tup, TupleDesc desc, int attno)
 	return isnull ? NULL : TextDatumGetCString(d);
 }
 
+static SPIPlanPtr
+keep_plan(const char *sql, int nargs, Oid *types)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+static void
+forget_plan(SPIPlanPtr *plan)
+{
+	if (*plan != NULL)
+		SPI_freeplan(*plan);
+	*plan = NULL;
+}
+
+/*
+ * The relay's statements, prepared once.  Those that read the outbox also
+ * read messaging.outbox_staged where the database has it (from version
+ * 1.1 of the extension on), and are prepared again when that changes.
+ */
 static void
 prepare_plans(void)
 {
+	Oid			staged = messaging_table_relid_if_exists("outbox_staged");
+
+	if (staged != planned_staged)
+	{
+		forget_plan(&fetch_plan);
+		forget_plan(&count_plan);
+		forget_plan(&unstage_plan);
+		planned_staged = staged;
+	}
+
+	/*
+	 * Rows from a smaller id than the oldest staged row's first id wait
+	 * until it is unstaged: a transaction that staged events and wrote
+	 * others directly commits both at once, and this keeps them in id
+	 * order even when it commits between unstaging and reading.  The
+	 * condition is part of the reading statement so that both see the
+	 * same snapshot.
+	 */
 	if (fetch_plan == NULL)
 	{
 		Oid			types[2] = {UUIDOID, INT4OID};
 
-		fetch_plan = SPI_prepare("SELECT ctid, id, event_type, payload, target_app,"
-								 " tenant_id, source_app, correlation_id,"
-								 " created_at, attempts"
-								 " FROM messaging.outbox WHERE id > $1"
-								 " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-								 2, types);
-		if (fetch_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(fetch_plan);
+		fetch_plan = keep_plan(OidIsValid(staged) ?
+							   "SELECT ctid, id, event_type, payload, target_app,"
+							   " tenant_id, source_app, correlation_id,"
+							   " created_at, attempts"
+							   " FROM messaging.outbox WHERE id > $1"
+							   " AND id < coalesce((SELECT s.first_id"
+							   "  FROM messaging.outbox_staged s ORDER BY s.first_id LIMIT 1),"
+							   "  'ffffffff-ffff-ffff-ffff-ffffffffffff')"
+							   " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED" :
+							   "SELECT ctid, id, event_type, payload, target_app,"
+							   " tenant_id, source_app, correlation_id,"
+							   " created_at, attempts"
+							   " FROM messaging.outbox WHERE id > $1"
+							   " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+							   2, types);
+	}
+	if (unstage_plan == NULL && OidIsValid(staged))
+	{
+		Oid			types[1] = {INT4OID};
+
+		unstage_plan = keep_plan("DELETE FROM messaging.outbox_staged"
+								 " WHERE ctid = ANY (ARRAY(SELECT ctid"
+								 "  FROM messaging.outbox_staged ORDER BY first_id"
+								 "  LIMIT $1 FOR UPDATE SKIP LOCKED))"
+								 " RETURNING first_id, event_type, target_app,"
+								 " source_app, created_at, events, body",
+								 1, types);
 	}
 	if (outcome_plan == NULL)
 	{
@@ -508,22 +581,17 @@ prepare_plans(void)
 		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
 		TIMESTAMPTZARRAYOID};
 
-		outcome_plan = SPI_prepare("SELECT messaging._relay_outcome($1, $2, $3,"
-								   " $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-								   12, types);
-		if (outcome_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(outcome_plan);
+		outcome_plan = keep_plan("SELECT messaging._relay_outcome($1, $2, $3,"
+								 " $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+								 12, types);
 	}
 	if (count_plan == NULL)
-	{
-		count_plan = SPI_prepare("SELECT count(*) FROM messaging.outbox", 0, NULL);
-		if (count_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(count_plan);
-	}
+		count_plan = keep_plan(OidIsValid(staged) ?
+							   "SELECT (SELECT count(*) FROM messaging.outbox)"
+							   " + (SELECT coalesce(sum(events), 0)"
+							   "    FROM messaging.outbox_staged)" :
+							   "SELECT count(*) FROM messaging.outbox",
+							   0, NULL);
 }
 
 /*
@@ -827,7 +895,31 @@ remember_outcomes(RelayPass *pass)
 	}
 }
 
-/* The outbox's row count, in the current transaction; -1 if unknown. */
+/*
+ * Moves staged events (of statement-level triggers) into the outbox, in
+ * the pass's transaction, at most RELAY_UNSTAGE_ROWS staged rows at a
+ * time.  Returns true when staged rows are probably left.
+ */
+static bool
+relay_unstage(void)
+{
+	Datum		args[1] = {Int32GetDatum(RELAY_UNSTAGE_ROWS)};
+	uint64		rows;
+	int			rc;
+
+	if (unstage_plan == NULL)
+		return false;
+	rc = SPI_execute_plan(unstage_plan, args, NULL, false, 0);
+	if (rc != SPI_OK_DELETE_RETURNING)
+		elog(ERROR, "could not read staged events: %s", SPI_result_code_string(rc));
+	rows = SPI_processed;
+	(void) messaging_outbox_unstage(SPI_tuptable->vals, SPI_tuptable->tupdesc,
+									rows);
+	SPI_freetuptable(SPI_tuptable);
+	return rows == RELAY_UNSTAGE_ROWS;
+}
+
+/* The outbox's row count, staged events included; -1 if unknown. */
 static int64
 count_outbox(void)
 {
@@ -962,6 +1054,7 @@ relay_drain(void)
 	relay_txn_begin("messaging relay: publish outbox");
 	initStringInfo(&body);
 	initStringInfo(&key);
+	more = relay_unstage();
 
 	while (batches < RELAY_BATCHES_PER_PASS && !pass.broken)
 	{
@@ -1168,7 +1261,8 @@ relay_recover_from_error(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	/* the plans may refer to dropped objects */
-	fetch_plan = outcome_plan = count_plan = NULL;
+	fetch_plan = outcome_plan = count_plan = unstage_plan = NULL;
+	planned_staged = InvalidOid;
 	extension_ready = false;
 
 	/*

@@ -55,6 +55,18 @@ messaging_table_relid(const char *name)
 }
 
 /*
+ * The OID of one of the extension's tables, or InvalidOid when this
+ * database's version of the extension has no such table.
+ */
+Oid
+messaging_table_relid_if_exists(const char *name)
+{
+	Oid			nsp = get_namespace_oid(MESSAGING_SCHEMA, true);
+
+	return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
+}
+
+/*
  * Refuses a table whose columns are not those the C code writes, so that
  * a mismatched install script fails loudly instead of writing garbage.
  */

@@ -24,6 +24,7 @@
 #define Natts_awaiting_ack		7
 
 extern Oid	messaging_table_relid(const char *name);
+extern Oid	messaging_table_relid_if_exists(const char *name);
 extern void messaging_check_columns(Relation rel, int natts);
 extern void messaging_index_rows(Relation rel, TupleTableSlot **slots,
 								 Datum **values, bool **nulls, int n);

@@ -7,11 +7,11 @@
  *
  *	- FOR EACH ROW: each changed row becomes one event, written with the
  *	  direct outbox insert (outbox.c);
- *	- FOR EACH STATEMENT with transition tables: for INSERT and DELETE the
- *	  rows of the transition table are read here and written to the outbox
- *	  in batches (heap_multi_insert, outbox.c); for UPDATE, one set-based
- *	  INSERT ... SELECT into messaging.outbox pairs old and new rows by
- *	  primary key, run through SPI with a plan kept per trigger.
+ *	- FOR EACH STATEMENT with transition tables: the rows of the transition
+ *	  tables are read here (an UPDATE's old and new rows side by side) and
+ *	  their events staged for the relay in a few packed rows
+ *	  (messaging.outbox_staged, outbox.c), so that a bulk change pays little
+ *	  more than its own rows.
  *
  * A TRUNCATE statement trigger emits one "<entity>.truncated" event.
  *
@@ -33,8 +33,8 @@
  * agree; an update that changes no column emits nothing.  Rows are
  * rendered here exactly as the server's to_jsonb() renders them: text,
  * integer, numeric, boolean and date/time columns directly, any other type
- * through to_jsonb() of the single value; the statement UPDATE's SQL calls
- * to_jsonb() itself.
+ * through to_jsonb() of the single value.  Both forms share the renderer
+ * and the update comparison.
  *
  * The parsed arguments of each trigger are cached in a backend-local hash
  * keyed by trigger OID.  A relcache invalidation of the trigger's table
@@ -47,10 +47,9 @@
  * checks before creating anything, then creates the triggers with the
  * caller's rights.
  *
- * The statement form runs its SQL as the owner of messaging.outbox, with
- * search_path pinned to pg_catalog, as the row form's direct insert needs no
- * privilege on the outbox either.  The SQL names every object and operator
- * it uses by schema, so nothing from the writer's search path is called.
+ * Neither form runs SQL or needs a privilege on the extension's tables:
+ * rows are written directly (rowstore.c), and nothing from the writer's
+ * search path is called.
  *
  * messaging.suppress_trigger_events() lets a session (typically an event
  * handler applying changes that came from another application) switch the
@@ -125,15 +124,6 @@ PG_FUNCTION_INFO_V1(messaging_drop_event_trigger);
 /* Longest suffix appended to the entity: ".truncated". */
 #define TRG_LONGEST_SUFFIX	10
 
-/* The statement forms that run SQL, as indexes into plans[]. */
-typedef enum TrgOp
-{
-	TRG_OP_INSERT = 0,
-	TRG_OP_UPDATE,
-	TRG_OP_DELETE,
-	TRG_NUM_OPS
-} TrgOp;
-
 /*
  * How a column's values become JSON.  Types to_jsonb() renders in a way
  * that is simple to reproduce are rendered here directly; any other type
@@ -183,9 +173,6 @@ typedef struct TrgArgs
 	TrgColKind *kept_kinds;		/* how each is rendered */
 	FmgrInfo   *kept_to_jsonb;	/* to_jsonb(<column type>), TRG_COL_OTHER */
 	TupleDesc	kept_desc;		/* the kept columns' attributes */
-
-	/* Statement form only: plans, built at first use. */
-	SPIPlanPtr	plans[TRG_NUM_OPS];
 } TrgArgs;
 
 typedef struct TrgCacheEntry
@@ -207,11 +194,6 @@ static bool trg_suppressed = false;
 static void
 trg_free_args(TrgArgs *args)
 {
-	int			i;
-
-	for (i = 0; i < TRG_NUM_OPS; i++)
-		if (args->plans[i] != NULL)
-			SPI_freeplan(args->plans[i]);
 	MemoryContextDelete(args->cxt);
 }
 
@@ -398,12 +380,11 @@ trg_key_order_cmp(const void *x, const void *y, void *arg)
 /*
  * Parses a trigger's arguments against its table.  Raises an ERROR naming
  * the trigger and the argument for anything wrong; otherwise returns the
- * result in a new memory context under parent.  need_pkey: the caller is
- * a statement-level UPDATE trigger, which pairs rows by primary key.
+ * result in a new memory context under parent.
  */
 static TrgArgs *
 trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
-			   int nargs, char **targs, bool need_pkey, MemoryContext parent)
+			   int nargs, char **targs, MemoryContext parent)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
 	const char *relname = RelationGetRelationName(rel);
@@ -606,29 +587,13 @@ trg_parse_args(Relation rel, Oid tgoid, const char *tgname,
 						 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
 	}
 
-	if (need_pkey)
-	{
-		List	   *indexes = RelationGetIndexList(rel);
-
-		list_free(indexes);
-		if (!OidIsValid(rel->rd_pkindex))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("table \"%s\" has no primary key, which statement-level trigger \"%s\" "
-							"needs",
-							relname, tgname),
-					 errdetail("A statement-level UPDATE trigger pairs the old and new rows by "
-							   "primary key."),
-					 errhint("Add a primary key, or use a row-level trigger (FOR EACH ROW).")));
-	}
-
 	MemoryContextSwitchTo(old);
 	return a;
 }
 
 /* The cached arguments of the trigger being fired, parsed if need be. */
 static TrgArgs *
-trg_lookup(TriggerData *td, bool need_pkey)
+trg_lookup(TriggerData *td)
 {
 	Trigger    *tg = td->tg_trigger;
 	TrgCacheEntry *entry;
@@ -653,8 +618,7 @@ trg_lookup(TriggerData *td, bool need_pkey)
 		entry->args = NULL;
 	}
 	entry->args = trg_parse_args(td->tg_relation, tg->tgoid, tg->tgname,
-								 tg->tgnargs, tg->tgargs, need_pkey,
-								 CacheMemoryContext);
+								 tg->tgnargs, tg->tgargs, CacheMemoryContext);
 	entry->valid = true;
 	return entry->args;
 }
@@ -1026,223 +990,6 @@ trg_fire_row(TriggerData *td, TrgArgs *a)
  * ----------------------------------------------------------------
  */
 
-/* Appends '{"a","b"}'::pg_catalog.text[] */
-static void
-trg_append_name_array(StringInfo buf, char **names, int n)
-{
-	StringInfoData lit;
-	int			i;
-
-	initStringInfo(&lit);
-	appendStringInfoChar(&lit, '{');
-	for (i = 0; i < n; i++)
-	{
-		const char *p;
-
-		if (i > 0)
-			appendStringInfoChar(&lit, ',');
-		appendStringInfoChar(&lit, '"');
-		for (p = names[i]; *p; p++)
-		{
-			if (*p == '"' || *p == '\\')
-				appendStringInfoChar(&lit, '\\');
-			appendStringInfoChar(&lit, *p);
-		}
-		appendStringInfoChar(&lit, '"');
-	}
-	appendStringInfoChar(&lit, '}');
-	appendStringInfo(buf, "%s::pg_catalog.text[]", quote_literal_cstr(lit.data));
-	pfree(lit.data);
-}
-
-/* Appends the kept-columns jsonb of the row variable alias. */
-static void
-trg_append_row_expr(StringInfo buf, TrgArgs *a, const char *alias)
-{
-	if (a->nexcluded == 0)
-		appendStringInfo(buf, "pg_catalog.to_jsonb(%s)", alias);
-	else
-	{
-		appendStringInfo(buf, "(pg_catalog.to_jsonb(%s) OPERATOR(pg_catalog.-) ",
-						 alias);
-		trg_append_name_array(buf, a->excluded_names, a->nexcluded);
-		appendStringInfoChar(buf, ')');
-	}
-}
-
-static void
-trg_append_tenant_expr(StringInfo buf, TrgArgs *a, const char *alias)
-{
-	if (a->tenant_attnum == InvalidAttrNumber)
-		appendStringInfoString(buf, "NULL::pg_catalog.text");
-	else
-		appendStringInfo(buf, "messaging._event_tenant_id(%s.%s)", alias,
-						 quote_identifier(a->tenant_column));
-}
-
-/* Appends schema.name of an operator, for OPERATOR(). */
-static void
-trg_append_operator_name(StringInfo buf, Oid opno)
-{
-	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
-	Form_pg_operator op;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for operator %u", opno);
-	op = (Form_pg_operator) GETSTRUCT(tup);
-	appendStringInfo(buf, "%s.%s",
-					 quote_identifier(get_namespace_name(op->oprnamespace)),
-					 NameStr(op->oprname));
-	ReleaseSysCache(tup);
-}
-
-/*
- * Appends the array of the kept columns whose JSON values differ between
- * p.jn and p.jo (or, with changed false, are equal), in column order.
- */
-static void
-trg_append_change_list(StringInfo buf, TrgArgs *a, bool changed)
-{
-	int			i;
-
-	appendStringInfoString(buf, "pg_catalog.array_remove(ARRAY[");
-	for (i = 0; i < a->nkept; i++)
-	{
-		const char *key = quote_literal_cstr(a->kept_names[i]);
-
-		appendStringInfo(buf, "%sCASE WHEN (p.jn OPERATOR(pg_catalog.->) %s::pg_catalog.text) "
-						 "IS %sDISTINCT FROM (p.jo OPERATOR(pg_catalog.->) %s::pg_catalog.text) "
-						 "THEN %s::pg_catalog.text END",
-						 i > 0 ? ", " : "", key, changed ? "" : "NOT ", key, key);
-	}
-	appendStringInfoString(buf, "]::pg_catalog.text[], NULL::pg_catalog.text)");
-}
-
-#define TRG_INSERT_HEAD \
-	"INSERT INTO messaging.outbox (id, event_type, payload, target_app, " \
-	"tenant_id, source_app, created_at) "
-
-/*
- * The SQL of a statement-level trigger.  Parameters: $1 event type, $2
- * target application, $3 source application, $4 time; for UPDATE also $5
- * and $6, the created and deleted event types.
- */
-static char *
-trg_statement_sql(TrgArgs *a, TrgOp op, Trigger *tg, Relation rel)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, TRG_INSERT_HEAD);
-
-	if (op == TRG_OP_INSERT || op == TRG_OP_DELETE)
-	{
-		const char *table = op == TRG_OP_INSERT ? tg->tgnewtable : tg->tgoldtable;
-
-		appendStringInfoString(&buf, "SELECT messaging.uuid_generate_v7(), $1, "
-							   "messaging._event_payload(");
-		trg_append_row_expr(&buf, a, "r");
-		appendStringInfoString(&buf, "), $2, ");
-		trg_append_tenant_expr(&buf, a, "r");
-		appendStringInfo(&buf, ", $3, $4 FROM %s AS r", quote_identifier(table));
-	}
-	else
-	{
-		Relation	pkrel;
-		int			i;
-
-		(void) RelationGetIndexList(rel);
-		pkrel = index_open(rel->rd_pkindex, AccessShareLock);
-
-		appendStringInfoString(&buf,
-							   "SELECT messaging.uuid_generate_v7(), "
-							   "CASE WHEN e.jo IS NULL THEN $5 WHEN e.jn IS NULL THEN $6 ELSE $1 "
-							   "END, "
-							   "messaging._event_payload(CASE WHEN e.jo IS NULL THEN e.jn "
-							   "WHEN e.jn IS NULL THEN e.jo "
-							   "ELSE pg_catalog.jsonb_build_object("
-							   "'new'::pg_catalog.text, e.jn, "
-							   "'old'::pg_catalog.text, e.jo OPERATOR(pg_catalog.-) e.same, "
-							   "'changed'::pg_catalog.text, pg_catalog.to_jsonb(e.changed)) END), "
-							   "$2, e.tenant, $3, $4 "
-							   "FROM (SELECT p.jn, p.jo, p.tenant, ");
-		trg_append_change_list(&buf, a, true);
-		appendStringInfoString(&buf, " AS changed, ");
-		trg_append_change_list(&buf, a, false);
-		appendStringInfoString(&buf, " AS same FROM (SELECT ");
-		trg_append_row_expr(&buf, a, "n");
-		appendStringInfoString(&buf, " AS jn, ");
-		trg_append_row_expr(&buf, a, "o");
-		appendStringInfoString(&buf, " AS jo, ");
-
-		for (i = 0; i < pkrel->rd_index->indnkeyatts; i++)
-		{
-			AttrNumber	attnum = pkrel->rd_index->indkey.values[i];
-			Oid			eqop;
-			const char *col;
-
-			col = quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(rel),
-														 attnum - 1)->attname));
-			if (i == 0)
-			{
-				appendStringInfo(&buf, "CASE WHEN n.%s IS NULL THEN ", col);
-				trg_append_tenant_expr(&buf, a, "o");
-				appendStringInfoString(&buf, " ELSE ");
-				trg_append_tenant_expr(&buf, a, "n");
-				appendStringInfo(&buf, " END AS tenant FROM %s AS o FULL JOIN %s AS n ON ",
-								 quote_identifier(tg->tgoldtable),
-								 quote_identifier(tg->tgnewtable));
-			}
-			else
-				appendStringInfoString(&buf, " AND ");
-
-			eqop = get_opfamily_member(pkrel->rd_opfamily[i],
-									   pkrel->rd_opcintype[i],
-									   pkrel->rd_opcintype[i],
-									   BTEqualStrategyNumber);
-			if (!OidIsValid(eqop))
-				elog(ERROR, "missing equality operator for primary key column %s", col);
-			appendStringInfo(&buf, "o.%s OPERATOR(", col);
-			trg_append_operator_name(&buf, eqop);
-			appendStringInfo(&buf, ") n.%s", col);
-		}
-		index_close(pkrel, AccessShareLock);
-
-		/* OFFSET 0 keeps each row rendered once, not once per reference */
-		appendStringInfoString(&buf, " OFFSET 0) AS p OFFSET 0) AS e "
-							   "WHERE e.jo IS NULL OR e.jn IS NULL OR ");
-		if (a->nwatched > 0)
-		{
-			char	  **w = palloc(sizeof(char *) * a->nwatched);
-			int			nw = 0;
-
-			for (i = 0; i < a->nkept; i++)
-				if (a->kept_watched[i])
-					w[nw++] = a->kept_names[i];
-			appendStringInfoString(&buf, "e.changed OPERATOR(pg_catalog.&&) ");
-			trg_append_name_array(&buf, w, nw);
-		}
-		else
-			appendStringInfoString(&buf, "pg_catalog.cardinality(e.changed) > 0");
-	}
-	return buf.data;
-}
-
-/* Owner of messaging.outbox: the role the statement form's SQL runs as. */
-static Oid
-trg_outbox_owner(void)
-{
-	Oid			relid = messaging_outbox_relid();
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
 /*
  * The tenant id of each row of a statement, remembering the last value:
  * the rows of one statement mostly share their tenant, whose text is then
@@ -1290,72 +1037,120 @@ trg_cached_tenant(TrgArgs *a, TrgTenantCache *tc, TupleTableSlot *slot)
 	return tc->text;
 }
 
+/* Reading one transition table from its start, with a read pointer of our own. */
+typedef struct TrgRowReader
+{
+	Tuplestorestate *rows;
+	int			readptr;
+	TupleTableSlot *slot;
+} TrgRowReader;
+
+static void
+trg_reader_open(TrgRowReader *r, Tuplestorestate *rows, TupleDesc desc)
+{
+	r->rows = rows;
+	r->slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	/* a read pointer of our own leaves the others where they are */
+	r->readptr = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
+	tuplestore_select_read_pointer(rows, r->readptr);
+	tuplestore_rescan(rows);
+}
+
 /*
- * The statement form of INSERT and DELETE: one event per row of the
- * transition table, written in batches by the outbox's multi-row writer.
- * Every event of the statement has the same time; the ids keep the order
- * of the rows.
+ * The next row, or false at the end.  Rows read back from a spilled
+ * tuplestore belong to the slot, so this is called outside the memory
+ * context the row is rendered in.
+ */
+static bool
+trg_reader_next(TrgRowReader *r)
+{
+	tuplestore_select_read_pointer(r->rows, r->readptr);
+	return tuplestore_gettupleslot(r->rows, true, false, r->slot);
+}
+
+static void
+trg_reader_close(TrgRowReader *r)
+{
+	tuplestore_select_read_pointer(r->rows, 0);
+	ExecDropSingleTupleTableSlot(r->slot);
+}
+
+/*
+ * The statement form: one event per row of the transition table (INSERT,
+ * DELETE), or per pair of old and new rows that is an event (UPDATE),
+ * staged for the relay (outbox.c).  Every event of the statement has the
+ * same time; the ids keep the order of the rows.
+ *
+ * An UPDATE's old and new transition tables hold the rows in the same
+ * order, each row's old version beside its new one (the trigger manager
+ * captures both at once, also for a row that moves to another partition),
+ * so the pairs are read side by side and judged exactly as the row form
+ * judges OLD and NEW.
  *
  * Each row is rendered in a memory context reset after the row, since the
- * writer copies what it keeps: the statement's memory stays at one row's
- * rendering plus one batch whatever the number of rows, and that memory
- * is reused rather than freshly allocated (and faulted in) row after row.
+ * stager copies what it keeps: the statement's memory stays at one row's
+ * rendering plus one staged batch whatever the number of rows, and that
+ * memory is reused rather than freshly allocated (and faulted in) row
+ * after row.
  */
 static void
-trg_fire_rows(TriggerData *td, TrgArgs *a, Tuplestorestate *rows,
-			  const char *event_type)
+trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 {
+	TupleDesc	desc = RelationGetDescr(td->tg_relation);
+	bool		update = TRIGGER_FIRED_BY_UPDATE(td->tg_event);
+	TrgRowReader rows;
+	TrgRowReader old_rows;
 	MemoryContext row_cxt;
 	MemoryContext old;
-	TupleTableSlot *slot;
-	OutboxWriter *writer;
-	OutboxEvent ev;
+	OutboxStager *stager;
 	TrgTenantCache tenants;
 	TimestampTz now = GetCurrentTimestamp();
-	int			readptr;
+	pg_uuid_t	id;
 
 	row_cxt = AllocSetContextCreate(CurrentMemoryContext,
 									"messaging event row",
 									ALLOCSET_DEFAULT_SIZES);
-	slot = MakeSingleTupleTableSlot(RelationGetDescr(td->tg_relation),
-									&TTSOpsMinimalTuple);
 	memset(&tenants, 0, sizeof(tenants));
 	tenants.cxt = AllocSetContextCreate(CurrentMemoryContext,
 										"messaging event tenant",
 										ALLOCSET_SMALL_SIZES);
-	writer = messaging_outbox_writer_begin();
+	stager = messaging_outbox_stager_begin(event_type, a->target_app,
+										   messaging_app_name, now);
 
-	ev.event_type = event_type;
-	ev.target_app = a->target_app;
-	ev.source_app = messaging_app_name;
-	ev.correlation_id = NULL;
-	ev.created_at = now;
+	trg_reader_open(&rows, TRIGGER_FIRED_BY_DELETE(td->tg_event) ?
+					td->tg_oldtable : td->tg_newtable, desc);
+	if (update)
+		trg_reader_open(&old_rows, td->tg_oldtable, desc);
 
-	/* a read pointer of our own leaves the others where they are */
-	readptr = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
-	tuplestore_select_read_pointer(rows, readptr);
-	tuplestore_rescan(rows);
-
-	/*
-	 * Rows read back from a spilled tuplestore belong to the slot, so they
-	 * are fetched outside the row's context.
-	 */
-	while (tuplestore_gettupleslot(rows, true, false, slot))
+	while (trg_reader_next(&rows))
 	{
+		Jsonb	   *payload;
+
 		CHECK_FOR_INTERRUPTS();
+		if (update && !trg_reader_next(&old_rows))
+			elog(ERROR, "transition table of old rows is shorter than that of new rows");
+
 		old = MemoryContextSwitchTo(row_cxt);
-		ev.payload = JsonbPGetDatum(trg_row_jsonb(a, slot));
-		messaging_check_payload_size(ev.payload, "payload");
-		ev.tenant_id = trg_cached_tenant(a, &tenants, slot);
+		payload = update ? trg_update_payload(a, old_rows.slot, rows.slot) :
+			trg_row_jsonb(a, rows.slot);
+		if (payload != NULL)
+		{
+			messaging_check_payload_size(JsonbPGetDatum(payload), "payload");
+			messaging_uuid7_generate(now, &id);
+			messaging_outbox_stager_add(stager, &id,
+										trg_cached_tenant(a, &tenants, rows.slot),
+										JsonbPGetDatum(payload));
+		}
 		MemoryContextSwitchTo(old);
-		messaging_uuid7_generate(now, &ev.id);
-		messaging_outbox_writer_add(writer, &ev);
 		MemoryContextReset(row_cxt);
 	}
-	(void) messaging_outbox_writer_end(writer);
+	if (update && trg_reader_next(&old_rows))
+		elog(ERROR, "transition table of old rows is longer than that of new rows");
+	(void) messaging_outbox_stager_end(stager);
 
-	tuplestore_select_read_pointer(rows, 0);
-	ExecDropSingleTupleTableSlot(slot);
+	trg_reader_close(&rows);
+	if (update)
+		trg_reader_close(&old_rows);
 	MemoryContextDelete(tenants.cxt);
 	MemoryContextDelete(row_cxt);
 }
@@ -1364,35 +1159,27 @@ static void
 trg_fire_statement(TriggerData *td, TrgArgs *a)
 {
 	Trigger    *tg = td->tg_trigger;
-	TrgOp		op;
 	Tuplestorestate *rows;
 	const char *missing = NULL;
-	Oid			save_userid;
-	int			save_sec;
-	int			save_nestlevel;
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
-	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
-	TEXTOID, TEXTOID};
-	int			rc;
+	const char *event_type;
 
 	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
 	{
-		op = TRG_OP_INSERT;
+		event_type = a->type_created;
 		rows = td->tg_newtable;
 		if (rows == NULL)
 			missing = "REFERENCING NEW TABLE AS new";
 	}
 	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
 	{
-		op = TRG_OP_DELETE;
+		event_type = a->type_deleted;
 		rows = td->tg_oldtable;
 		if (rows == NULL)
 			missing = "REFERENCING OLD TABLE AS old";
 	}
 	else
 	{
-		op = TRG_OP_UPDATE;
+		event_type = a->type_updated;
 		rows = td->tg_newtable;
 		if (rows == NULL || td->tg_oldtable == NULL)
 			missing = "REFERENCING NEW TABLE AS new OLD TABLE AS old";
@@ -1407,91 +1194,10 @@ trg_fire_statement(TriggerData *td, TrgArgs *a)
 				 errhint("Declare the trigger with %s, or make it FOR EACH ROW.",
 						 missing)));
 
-	if (tuplestore_tuple_count(rows) == 0 &&
-		(op != TRG_OP_UPDATE || tuplestore_tuple_count(td->tg_oldtable) == 0))
+	if (tuplestore_tuple_count(rows) == 0)
 		return;
-
-	if (op == TRG_OP_INSERT)
-	{
-		trg_fire_rows(td, a, rows, a->type_created);
-		return;
-	}
-	if (op == TRG_OP_DELETE)
-	{
-		trg_fire_rows(td, a, rows, a->type_deleted);
-		return;
-	}
-
-	/*
-	 * XXX: UPDATE still pairs old and new rows in SQL (a full join on the
-	 * primary key, to_jsonb() of each side, change lists as arrays), about
-	 * twice the row form's time for the same statement.  Pairing in C
-	 * through a hash table on the key columns would let it share the
-	 * renderer and the batched insert.
-	 */
-
-	values[0] = CStringGetTextDatum(op == TRG_OP_INSERT ? a->type_created :
-									op == TRG_OP_DELETE ? a->type_deleted :
-									a->type_updated);
-	if (a->target_app != NULL)
-		values[1] = CStringGetTextDatum(a->target_app);
-	else
-		nulls[1] = 'n';
-	values[2] = CStringGetTextDatum(messaging_app_name);
-	values[3] = TimestampTzGetDatum(GetCurrentTimestamp());
-	values[4] = CStringGetTextDatum(a->type_created);
-	values[5] = CStringGetTextDatum(a->type_deleted);
-
-	/*
-	 * Run as the outbox's owner with a pinned search path, like a function
-	 * declared SECURITY DEFINER SET search_path = pg_catalog, pg_temp.
-	 */
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	SetUserIdAndSecContext(trg_outbox_owner(),
-						   save_sec | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	/* the estimates of a transition table scan make JIT look worthwhile */
-	(void) set_config_option("jit", "off",
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	if (SPI_register_trigger_data(td) != SPI_OK_TD_REGISTER)
-		elog(ERROR, "SPI_register_trigger_data failed");
-
-	if (a->plans[op] == NULL)
-	{
-		char	   *sql = trg_statement_sql(a, op, tg, td->tg_relation);
-		SPIPlanPtr	plan;
-
-		plan = SPI_prepare(sql, op == TRG_OP_UPDATE ? 6 : 4, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		if (SPI_keepplan(plan) != 0)
-			elog(ERROR, "SPI_keepplan failed");
-		a->plans[op] = plan;
-	}
-
-	rc = SPI_execute_plan(a->plans[op], values, nulls, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "SPI_execute_plan returned %s",
-			 SPI_result_code_string(rc));
-	if (SPI_processed > 0)
-		messaging_note_outbox_write();
-
-	if (SPI_finish() != SPI_OK_FINISH)
-		elog(ERROR, "SPI_finish failed");
-
-	AtEOXact_GUC(false, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec);
+	trg_fire_rows(td, a, event_type);
 }
-
 static void
 trg_fire_truncate(TrgArgs *a)
 {
@@ -1531,8 +1237,7 @@ messaging_emit_event(PG_FUNCTION_ARGS)
 				 errdetail("Events describe committed changes, which only AFTER triggers see."),
 				 errhint("Create the trigger with AFTER instead of BEFORE or INSTEAD OF.")));
 
-	a = trg_lookup(td, !TRIGGER_FOR_ROW(tg->tgtype) &&
-				   TRIGGER_FOR_UPDATE(tg->tgtype));
+	a = trg_lookup(td);
 
 	if (trg_suppressed)
 		return PointerGetDatum(NULL);
@@ -1556,8 +1261,10 @@ messaging_emit_event(PG_FUNCTION_ARGS)
 /*
  * messaging._event_tenant_id(value anyelement) RETURNS text
  *
- * The tenant id of a row in the statement form: the value's text, checked
- * as a tenant id, exactly as the row form takes it.
+ * Version 1.0's statement form called this and _event_payload() from its
+ * SQL; 1.1 no longer declares them, but the 1.0 install script (run before
+ * an upgrade) needs their symbols.  The tenant id of a row: the value's
+ * text, checked as a tenant id.
  */
 Datum
 messaging_event_tenant_id(PG_FUNCTION_ARGS)
@@ -1749,8 +1456,7 @@ messaging_create_event_trigger(PG_FUNCTION_ARGS)
 
 	MemoryContextDelete(trg_parse_args(rel, InvalidOid,
 									   row ? TRG_NAME_ROW : TRG_NAME_UPDATE,
-									   nargs, targs, !row,
-									   CurrentMemoryContext)->cxt);
+									   nargs, targs, CurrentMemoryContext)->cxt);
 
 	initStringInfo(&arglist);
 	for (i = 0; i < nargs; i++)

@@ -2,7 +2,7 @@
 
 /*
  * Events waiting to be published.  Rows are written by publish_event()
- * and the row triggers in the publishing transaction and deleted by the
+ * and the row-level triggers in the publishing transaction and deleted by the
  * relay once the broker has confirmed them; the table is normally near
  * empty.  Column order is relied upon by src/outbox.h.
  */
@@ -24,6 +24,70 @@ CREATE TABLE messaging.outbox (
 
 COMMENT ON TABLE messaging.outbox IS
 	'events committed but not yet confirmed by the broker';
+
+/*
+ * Events of bulk changes on their way to the outbox.  A statement-level
+ * emit_event() trigger packs the events of one statement into a few rows
+ * here (one per page at most: the shared values once, then per event its
+ * id, tenant and payload; see src/outbox.c), which costs the changing
+ * transaction far less than a row per event.  Before each pass over the
+ * outbox the relay moves these rows' events into it, keeping their ids,
+ * and publishes them from there.  Column order is relied upon by
+ * src/outbox.c.
+ */
+CREATE TABLE messaging.outbox_staged (
+	first_id		uuid PRIMARY KEY,
+	last_id			uuid NOT NULL,
+	event_type		text NOT NULL,
+	target_app		text,
+	source_app		text NOT NULL,
+	created_at		timestamptz NOT NULL,
+	events			integer NOT NULL,
+	body			bytea NOT NULL
+) WITH (toast_tuple_target = 8160,
+		autovacuum_vacuum_scale_factor = 0,
+		autovacuum_vacuum_threshold = 1000,
+		autovacuum_vacuum_insert_scale_factor = 0,
+		autovacuum_vacuum_insert_threshold = 1000);
+
+-- the body of a row is sized to fit a page as it is: never compress it
+ALTER TABLE messaging.outbox_staged ALTER COLUMN body SET STORAGE PLAIN;
+
+COMMENT ON TABLE messaging.outbox_staged IS
+	'events of bulk changes, packed, for the relay to move into the outbox';
+
+/*
+ * For event_status(): event wanted and its tenant if the body of staged
+ * row first_id holds it (one row), or no row.
+ */
+CREATE FUNCTION messaging._staged_event(first_id uuid, body bytea, wanted uuid)
+RETURNS TABLE (event_id uuid, tenant_id text)
+AS 'MODULE_PATHNAME', 'messaging_staged_event'
+LANGUAGE C STABLE STRICT;
+
+CREATE FUNCTION messaging._staged_events()
+RETURNS TABLE (id uuid, event_type text, payload jsonb, target_app text,
+			   tenant_id text, source_app text, created_at timestamptz)
+AS 'MODULE_PATHNAME', 'messaging_staged_events'
+LANGUAGE C STABLE;
+
+/*
+ * Every event not yet published: the outbox's rows and the staged events,
+ * one row each (staged is true for the latter), in the order the relay
+ * publishes them.
+ */
+CREATE VIEW messaging.pending_events AS
+	SELECT o.id, o.event_type, o.payload, o.target_app, o.tenant_id,
+		   o.source_app, o.correlation_id, o.created_at, o.attempts,
+		   o.last_error, false AS staged
+	  FROM messaging.outbox o
+	UNION ALL
+	SELECT s.id, s.event_type, s.payload, s.target_app, s.tenant_id,
+		   s.source_app, NULL::text, s.created_at, 0, NULL::text, true
+	  FROM messaging._staged_events() s;
+
+COMMENT ON VIEW messaging.pending_events IS
+	'events committed but not yet confirmed by the broker, staged ones included';
 
 /*
  * Events that could not be delivered: returned as unroutable, rejected by

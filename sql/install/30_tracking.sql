@@ -123,7 +123,8 @@ CREATE TYPE messaging.event_status_info AS (
 );
 
 /*
- * Where an event stands.  The tables answer first: the outbox (pending),
+ * Where an event stands.  The tables answer first: the outbox and the
+ * staged events of statement-level triggers (pending),
  * awaiting_ack (published, awaiting its acknowledgement), failed_events
  * (failed) and, with messaging.track_success, delivered_events.  For a
  * success that left no row, the shared-memory record of recent events
@@ -158,6 +159,16 @@ BEGIN
 	  INTO r.status, r.event_type, r.target_app, r.tenant_id, r.attempts,
 		   r.last_error, r.created_at
 	  FROM messaging.outbox o WHERE o.id = wanted;
+	IF FOUND THEN
+		RETURN r;
+	END IF;
+
+	SELECT 'pending', s.event_type, s.target_app, e.tenant_id, 0, s.created_at
+	  INTO r.status, r.event_type, r.target_app, r.tenant_id, r.attempts,
+		   r.created_at
+	  FROM messaging.outbox_staged s
+	 CROSS JOIN LATERAL messaging._staged_event(s.first_id, s.body, wanted) e
+	 WHERE s.first_id <= wanted AND s.last_id >= wanted;
 	IF FOUND THEN
 		RETURN r;
 	END IF;
@@ -298,8 +309,8 @@ COMMENT ON VIEW messaging.communication_matrix IS
 
 /*
  * One row summing up whether events flow.  Every part is an index probe
- * or a bounded read: backlogs are counted exactly up to 10 000 rows and
- * estimated from the statistics beyond; the last hour's figures come from
+ * or a bounded read: backlogs are counted exactly up to 10 000 rows (1 000
+ * staged rows) and estimated from the statistics beyond; the last hour's figures come from
  * the current hourly counters plus the previous hour's in proportion to
  * the part of it that lies within the last sixty minutes; the publish rate
  * compares the relay's running total with the sample _relay_maintenance()
@@ -319,8 +330,13 @@ CREATE VIEW messaging.sync_health AS
 	outbox AS MATERIALIZED (
 		SELECT (SELECT count(*) FROM (SELECT FROM messaging.outbox LIMIT 10000) x)
 				 AS counted,
-			   (SELECT o.created_at FROM messaging.outbox o ORDER BY o.id LIMIT 1)
+			   least((SELECT o.created_at FROM messaging.outbox o ORDER BY o.id LIMIT 1),
+					 (SELECT s.created_at FROM messaging.outbox_staged s
+					   ORDER BY s.first_id LIMIT 1))
 				 AS oldest),
+	staged AS MATERIALIZED (
+		SELECT count(*) AS counted, coalesce(sum(x.events), 0) AS events
+		  FROM (SELECT s.events FROM messaging.outbox_staged s LIMIT 1000) x),
 	waiting AS MATERIALIZED (
 		SELECT (SELECT count(*)
 				  FROM (SELECT FROM messaging.awaiting_ack LIMIT 10000) x)
@@ -359,7 +375,11 @@ CREATE VIEW messaging.sync_health AS
 			   CASE WHEN o.counted < 10000 THEN o.counted
 					ELSE greatest(o.counted,
 								  pg_stat_get_live_tuples('messaging.outbox'::regclass))
-			   END AS outbox_backlog,
+			   END +
+			   CASE WHEN st.counted < 1000 THEN st.events
+					ELSE round(st.events / 1000.0 *
+							   greatest(1000, pg_stat_get_live_tuples('messaging.outbox_staged'::regclass)))
+			   END::bigint AS outbox_backlog,
 			   round(extract(epoch FROM now() - o.oldest), 3)
 				 AS oldest_pending_seconds,
 			   CASE WHEN w.counted < 10000 THEN w.counted
@@ -377,7 +397,7 @@ CREATE VIEW messaging.sync_health AS
 			   CASE WHEN c.dead_letter_depth IS NOT NULL THEN c.backlog END
 				 AS consumer_backlog,
 			   c.dead_letter_depth
-		  FROM relay r, consumer c, outbox o, waiting w, hour hr),
+		  FROM relay r, consumer c, outbox o, staged st, waiting w, hour hr),
 	judged AS (
 		SELECT f.*,
 			   array_remove(ARRAY[

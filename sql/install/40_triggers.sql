@@ -14,8 +14,8 @@
  *
  * FOR EACH ROW, or FOR EACH STATEMENT with transition tables (one event
  * per trigger: REFERENCING NEW TABLE for INSERT, OLD TABLE for DELETE,
- * both for UPDATE, which also needs a primary key); AFTER TRUNCATE FOR
- * EACH STATEMENT emits <entity>.truncated.
+ * both for UPDATE); AFTER TRUNCATE FOR EACH STATEMENT emits
+ * <entity>.truncated.
  */
 CREATE FUNCTION messaging.emit_event()
 RETURNS trigger
@@ -24,21 +24,6 @@ LANGUAGE C;
 
 COMMENT ON FUNCTION messaging.emit_event() IS
 	'trigger function: queue an event for each row a statement changes';
-
-/*
- * Used by the statement form's SQL, which runs as the outbox's owner:
- * the tenant id of a row (the column's text, checked as a tenant id) and
- * the payload size check.
- */
-CREATE FUNCTION messaging._event_tenant_id(value anyelement)
-RETURNS text
-AS 'MODULE_PATHNAME', 'messaging_event_tenant_id'
-LANGUAGE C STABLE STRICT PARALLEL SAFE;
-
-CREATE FUNCTION messaging._event_payload(payload jsonb)
-RETURNS jsonb
-AS 'MODULE_PATHNAME', 'messaging_event_payload'
-LANGUAGE C STABLE STRICT PARALLEL SAFE;
 
 /*
  * Checks the arguments as the first firing would, then creates (or

@@ -14,8 +14,9 @@
  * The tables stay private: the views read them with their owner's rights,
  * and the functions that change them are SECURITY DEFINER with a pinned
  * search_path.  A view runs the functions it calls with the caller's
- * rights, which is why readers may execute _connection_status(), the only
- * internal function anybody may call.  The other internal functions
+ * rights, which is why readers may execute _connection_status() and
+ * admins _staged_events() (for pending_events), the only internal
+ * functions anybody may call.  The other internal functions
  * (names starting with an underscore) are for the workers, which run as
  * the bootstrap superuser.
  *
@@ -55,7 +56,8 @@ BEGIN
 				('cleanup', 'messaging_admin'),
 				('register_handler', 'messaging_admin'),
 				('unregister_handler', 'messaging_admin'),
-				('replay_dead_letter', 'messaging_admin'))
+				('replay_dead_letter', 'messaging_admin'),
+				('_staged_events', 'messaging_admin'))
 			AS x(name, grantee) ON p.proname = x.name
 		 WHERE p.pronamespace = 'messaging'::regnamespace
 		 ORDER BY 1, 2
@@ -69,5 +71,5 @@ GRANT SELECT ON messaging.connection_status, messaging.sync_health,
 	messaging.communication_matrix, messaging.unacknowledged_events
 	TO messaging_reader;
 GRANT SELECT ON messaging.failed_events, messaging.delivered_events,
-	messaging.event_counters
+	messaging.event_counters, messaging.pending_events
 	TO messaging_admin;
