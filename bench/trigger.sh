@@ -40,7 +40,7 @@ SQL
 pg_trigger_time()
 {
 	pg_psql <<SQL | tail -n 1
-TRUNCATE messaging.outbox;
+TRUNCATE messaging.outbox, messaging.outbox_staged;
 CHECKPOINT;
 SELECT set_config('bench.t0', clock_timestamp()::text, false) \\g /dev/null
 $1;
@@ -72,9 +72,9 @@ pg_bench_trigger()
 		pg_psql -c "TRUNCATE bench_plain, bench_stmt, bench_row" >/dev/null
 		p=$(pg_trigger_time "INSERT INTO bench_plain $PG_TRIGGER_ROWS")
 		s=$(pg_trigger_time "INSERT INTO bench_stmt $PG_TRIGGER_ROWS")
-		events=$(pg_psql -c "SELECT count(*) FROM messaging.outbox")
+		events=$(pg_psql -c "SELECT count(*) FROM messaging.pending_events")
 		r=$(pg_trigger_time "INSERT INTO bench_row $PG_TRIGGER_ROWS")
-		events="$events $(pg_psql -c "SELECT count(*) FROM messaging.outbox")"
+		events="$events $(pg_psql -c "SELECT count(*) FROM messaging.pending_events")"
 		su=$(pg_trigger_time "UPDATE bench_stmt SET status = 'closed'")
 		ru=$(pg_trigger_time "UPDATE bench_row SET status = 'closed'")
 		if [ "$events" != "$n $n" ]; then
@@ -88,7 +88,7 @@ pg_bench_trigger()
 			stmt_upd+=("$su"); row_upd+=("$ru")
 		fi
 	done
-	pg_psql -c "TRUNCATE messaging.outbox" \
+	pg_psql -c "TRUNCATE messaging.outbox, messaging.outbox_staged" \
 		-c "DROP TABLE bench_plain, bench_stmt, bench_row" \
 		-c "ALTER SYSTEM RESET messaging.broker_url" -c "SELECT pg_reload_conf()" >/dev/null
 

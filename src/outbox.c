@@ -440,7 +440,7 @@ messaging_outbox_stager_begin(const char *event_type, const char *target_app,
 			heap_compute_data_size(s->desc, v, nl) - MAXIMUM_ALIGNOF;
 
 		initStringInfo(&s->body);
-		appendStringInfoSpaces(&s->body, VARHDRSZ);
+		messaging_append_zeros(&s->body, VARHDRSZ);
 	}
 	MemoryContextSwitchTo(old);
 	return s;
@@ -551,10 +551,10 @@ messaging_outbox_stager_add(OutboxStager *s, const pg_uuid_t *id,
 	if (tenant_len > 0)
 	{
 		appendBinaryStringInfoNT(&s->body, tenant_id, tenant_len);
-		appendStringInfoSpaces(&s->body, INTALIGN(tenant_len) - tenant_len);
+		messaging_append_zeros(&s->body, INTALIGN(tenant_len) - tenant_len);
 	}
 	appendBinaryStringInfoNT(&s->body, (char *) jb, VARSIZE(jb));
-	appendStringInfoSpaces(&s->body, INTALIGN(VARSIZE(jb)) - VARSIZE(jb));
+	messaging_append_zeros(&s->body, INTALIGN(VARSIZE(jb)) - VARSIZE(jb));
 
 	if (s->nevents == 0)
 		memcpy(&s->first_id, id, sizeof(pg_uuid_t));

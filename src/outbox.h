@@ -15,6 +15,7 @@
 
 #include "access/htup.h"
 #include "access/tupdesc.h"
+#include "lib/stringinfo.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -53,6 +54,16 @@ typedef struct OutboxWriter OutboxWriter;
 extern OutboxWriter *messaging_outbox_writer_begin(void);
 extern void messaging_outbox_writer_add(OutboxWriter *w, const OutboxEvent *ev);
 extern uint64 messaging_outbox_writer_end(OutboxWriter *w);
+
+/* Appends n zero bytes to buf: padding, or room to fill in later. */
+static inline void
+messaging_append_zeros(StringInfo buf, int n)
+{
+	enlargeStringInfo(buf, n);
+	memset(buf->data + buf->len, 0, n);
+	buf->len += n;
+	buf->data[buf->len] = '\0';
+}
 
 /*
  * Staging the events of one statement that share type, target, source

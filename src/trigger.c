@@ -769,6 +769,113 @@ trg_row_jsonb(TrgArgs *a, TupleTableSlot *slot)
 	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
 }
 
+/*
+ * The statement form's fast path: the kept columns of the row in slot,
+ * written straight into buf in jsonb's binary form (the same bytes
+ * trg_row_jsonb() produces), with no JsonbValue in between and nothing
+ * allocated per row but what the values themselves need.  buf is reset
+ * first and, on success, holds a Jsonb datum with its varlena header.
+ * Returns false, with buf's content undefined, for a row with a value
+ * that is a container itself (an array, a composite, a json or jsonb
+ * column), which takes trg_row_jsonb() instead.
+ *
+ * The layout is that of an object container: the header, one JEntry per
+ * key and then per value (keys in jsonb's key order, kept_order), then
+ * the keys' bytes and the values' bytes.  A JEntry holds the length of
+ * its item, or for every JB_OFFSET_STRIDE'th item its end offset; a
+ * numeric is aligned to 4 bytes from the start of the datum, its padding
+ * counted in its length.
+ */
+static bool
+trg_row_binary(TrgArgs *a, TupleTableSlot *slot, StringInfo buf)
+{
+	int			n = a->nkept;
+	uint32		header = (uint32) n | JB_FOBJECT;
+	int			entries;
+	uint32		total = 0;
+	int			j;
+
+	slot_getallattrs(slot);
+	resetStringInfo(buf);
+	messaging_append_zeros(buf, VARHDRSZ);
+	appendBinaryStringInfoNT(buf, (char *) &header, sizeof(header));
+	entries = buf->len;
+	messaging_append_zeros(buf, sizeof(JEntry) * 2 * n);
+
+#define TRG_PUT_ENTRY(k, meta, len) \
+	do { \
+		JEntry		e_ = (meta); \
+		total += (len); \
+		if ((k) % JB_OFFSET_STRIDE == 0) \
+			e_ = (e_ & JENTRY_TYPEMASK) | total | JENTRY_HAS_OFF; \
+		memcpy(buf->data + entries + sizeof(JEntry) * (k), &e_, sizeof(JEntry)); \
+	} while (0)
+
+	for (j = 0; j < n; j++)
+	{
+		int			i = a->kept_order[j];
+
+		appendBinaryStringInfoNT(buf, a->kept_names[i], a->kept_name_lens[i]);
+		TRG_PUT_ENTRY(j, (uint32) a->kept_name_lens[i], (uint32) a->kept_name_lens[i]);
+	}
+
+	for (j = 0; j < n; j++)
+	{
+		int			i = a->kept_order[j];
+		int			att = a->kept_attnums[i] - 1;
+		JsonbValue	v;
+		int			start = buf->len;
+
+		if (slot->tts_isnull[att])
+			v.type = jbvNull;
+		else if (a->kept_kinds[i] == TRG_COL_OTHER)
+		{
+			Jsonb	   *jb = DatumGetJsonbP(FunctionCall1(&a->kept_to_jsonb[i],
+														  slot->tts_values[att]));
+
+			if (!JsonbExtractScalar(&jb->root, &v))
+				return false;
+		}
+		else
+			trg_column_value(a, i, slot->tts_values[att], &v);
+
+		switch (v.type)
+		{
+			case jbvNull:
+				TRG_PUT_ENTRY(n + j, JENTRY_ISNULL, 0);
+				break;
+			case jbvBool:
+				TRG_PUT_ENTRY(n + j, v.val.boolean ? JENTRY_ISBOOL_TRUE :
+							  JENTRY_ISBOOL_FALSE, 0);
+				break;
+			case jbvString:
+				appendBinaryStringInfoNT(buf, v.val.string.val, v.val.string.len);
+				TRG_PUT_ENTRY(n + j, (uint32) v.val.string.len,
+							  (uint32) v.val.string.len);
+				break;
+			case jbvNumeric:
+				/* padding to 4, then the numeric with its 4-byte header */
+				messaging_append_zeros(buf, INTALIGN(buf->len) - buf->len);
+				appendBinaryStringInfoNT(buf, (char *) v.val.numeric,
+										 VARSIZE(v.val.numeric));
+				TRG_PUT_ENTRY(n + j, JENTRY_ISNUMERIC | (uint32) (buf->len - start),
+							  (uint32) (buf->len - start));
+				break;
+			default:
+				elog(ERROR, "unexpected jsonb value type %d", (int) v.type);
+		}
+		if (total > JENTRY_OFFLENMASK)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("total size of jsonb object elements exceeds the maximum of %u bytes",
+							JENTRY_OFFLENMASK)));
+	}
+#undef TRG_PUT_ENTRY
+
+	SET_VARSIZE(buf->data, buf->len);
+	return true;
+}
+
 /* Tenant id text of a value of the given type, checked. */
 static char *
 trg_tenant_text(FmgrInfo *out, Datum value)
@@ -1106,6 +1213,7 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 	TrgTenantCache tenants;
 	TimestampTz now = GetCurrentTimestamp();
 	pg_uuid_t	id;
+	StringInfoData binary;		/* a row's payload, on the fast path */
 
 	row_cxt = AllocSetContextCreate(CurrentMemoryContext,
 									"messaging event row",
@@ -1116,6 +1224,7 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 										ALLOCSET_SMALL_SIZES);
 	stager = messaging_outbox_stager_begin(event_type, a->target_app,
 										   messaging_app_name, now);
+	initStringInfo(&binary);
 
 	trg_reader_open(&rows, TRIGGER_FIRED_BY_DELETE(td->tg_event) ?
 					td->tg_oldtable : td->tg_newtable, desc);
@@ -1131,8 +1240,12 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 			elog(ERROR, "transition table of old rows is shorter than that of new rows");
 
 		old = MemoryContextSwitchTo(row_cxt);
-		payload = update ? trg_update_payload(a, old_rows.slot, rows.slot) :
-			trg_row_jsonb(a, rows.slot);
+		if (update)
+			payload = trg_update_payload(a, old_rows.slot, rows.slot);
+		else if (trg_row_binary(a, rows.slot, &binary))
+			payload = (Jsonb *) binary.data;
+		else
+			payload = trg_row_jsonb(a, rows.slot);
 		if (payload != NULL)
 		{
 			messaging_check_payload_size(JsonbPGetDatum(payload), "payload");
@@ -1151,6 +1264,7 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 	trg_reader_close(&rows);
 	if (update)
 		trg_reader_close(&old_rows);
+	pfree(binary.data);
 	MemoryContextDelete(tenants.cxt);
 	MemoryContextDelete(row_cxt);
 }
