@@ -280,7 +280,8 @@ SELECT messaging.create_event_trigger('trg_bulk', 'note', 'crm', 'tenant');
 INSERT INTO trg_bulk SELECT g, 't' || (g % 3), repeat('x', 100) FROM generate_series(1, 1000) g;
 SELECT count(*) > 1 AS several_rows, sum(events) AS events,
 	   max(octet_length(body)) < 8192 AS below_a_page,
-	   bool_and(first_id <= last_id) AS ranges_ordered
+	   bool_and(first_id <= last_id) AS ranges_ordered,
+	   bool_and(shape IS NOT NULL) AS shapes_shared
   FROM messaging.outbox_staged;
 SELECT count(*) AS events, count(DISTINCT id) AS ids, bool_and(staged) AS all_staged,
 	   bool_and(tenant_id = 't' || ((payload->>'id')::int % 3)) AS tenants_right,
@@ -288,6 +289,17 @@ SELECT count(*) AS events, count(DISTINCT id) AS ids, bool_and(staged) AS all_st
 	   bool_and(payload = jsonb_build_object('id', (payload->>'id')::int,
 			'tenant', 't' || ((payload->>'id')::int % 3), 'note', repeat('x', 100))) AS payloads_right
   FROM messaging.pending_events;
+-- payloads of different shapes in one statement: the rows with a
+-- container value take the general path, and all come out as to_jsonb()
+CREATE TABLE trg_mixed (id int, doc jsonb);
+SELECT messaging.create_event_trigger('trg_mixed', 'doc');
+INSERT INTO trg_mixed VALUES (1, '{"a": 1}'), (2, '[1, 2]'), (3, NULL), (4, '"s"'), (5, '{"a": 1}');
+SELECT payload FROM messaging.pending_events WHERE event_type = 'doc.created' ORDER BY id;
+SELECT bool_and(p.payload = to_jsonb(m)) AS same_as_to_jsonb
+  FROM messaging.pending_events p JOIN trg_mixed m ON (p.payload->>'id')::int = m.id
+ WHERE p.event_type = 'doc.created';
+DELETE FROM messaging.outbox_staged WHERE event_type = 'doc.created';
+DROP TABLE trg_mixed;
 -- ids follow the rows
 SELECT bool_and(id_order = row_order) AS ids_follow_rows
   FROM (SELECT row_number() OVER (ORDER BY id) AS id_order,

@@ -8,7 +8,8 @@
  * own, which the relay moves into the outbox, and pairs an UPDATE's old
  * and new rows in C; the SQL helpers of 1.0's statement form go.
  */
-/* Staged events: see sql/install/10_outbox.sql and src/outbox.c. */
+
+/* Staged events: see sql/install/10_outbox.sql and src/staging.c. */
 CREATE TABLE messaging.outbox_staged (
 	first_id		uuid PRIMARY KEY,
 	last_id			uuid NOT NULL,
@@ -17,23 +18,27 @@ CREATE TABLE messaging.outbox_staged (
 	source_app		text NOT NULL,
 	created_at		timestamptz NOT NULL,
 	events			integer NOT NULL,
+	shape			bytea,
 	body			bytea NOT NULL
 ) WITH (toast_tuple_target = 8160,
+		vacuum_truncate = false,
 		autovacuum_vacuum_scale_factor = 0,
-		autovacuum_vacuum_threshold = 1000,
+		autovacuum_vacuum_threshold = 50,
 		autovacuum_vacuum_insert_scale_factor = 0,
 		autovacuum_vacuum_insert_threshold = 1000);
 
--- the body of a row is sized to fit a page as it is: never compress it
-ALTER TABLE messaging.outbox_staged ALTER COLUMN body SET STORAGE PLAIN;
+-- a row is sized to fit a page as it is: never compress or move its values
+ALTER TABLE messaging.outbox_staged ALTER COLUMN shape SET STORAGE PLAIN,
+	ALTER COLUMN body SET STORAGE PLAIN;
 
 COMMENT ON TABLE messaging.outbox_staged IS
 	'events of bulk changes, packed, for the relay to move into the outbox';
 
-CREATE FUNCTION messaging._staged_event(first_id uuid, body bytea, wanted uuid)
+CREATE FUNCTION messaging._staged_event(first_id uuid, body bytea, shape bytea,
+										wanted uuid)
 RETURNS TABLE (event_id uuid, tenant_id text)
 AS 'MODULE_PATHNAME', 'messaging_staged_event'
-LANGUAGE C STABLE STRICT;
+LANGUAGE C STABLE;
 
 CREATE FUNCTION messaging._staged_events()
 RETURNS TABLE (id uuid, event_type text, payload jsonb, target_app text,
@@ -93,7 +98,7 @@ BEGIN
 	  INTO r.status, r.event_type, r.target_app, r.tenant_id, r.attempts,
 		   r.created_at
 	  FROM messaging.outbox_staged s
-	 CROSS JOIN LATERAL messaging._staged_event(s.first_id, s.body, wanted) e
+	 CROSS JOIN LATERAL messaging._staged_event(s.first_id, s.body, s.shape, wanted) e
 	 WHERE s.first_id <= wanted AND s.last_id >= wanted;
 	IF FOUND THEN
 		RETURN r;
@@ -270,7 +275,7 @@ CREATE OR REPLACE VIEW messaging.sync_health AS
 	  FROM judged j;
 
 REVOKE ALL ON messaging.outbox_staged, messaging.pending_events FROM PUBLIC;
-REVOKE ALL ON FUNCTION messaging._staged_event(uuid, bytea, uuid),
+REVOKE ALL ON FUNCTION messaging._staged_event(uuid, bytea, bytea, uuid),
 	messaging._staged_events() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION messaging._staged_events() TO messaging_admin;
 GRANT SELECT ON messaging.pending_events TO messaging_admin;

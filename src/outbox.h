@@ -65,22 +65,4 @@ messaging_append_zeros(StringInfo buf, int n)
 	buf->data[buf->len] = '\0';
 }
 
-/*
- * Staging the events of one statement that share type, target, source
- * and time, for the relay to move into the outbox (see outbox.c).
- */
-typedef struct OutboxStager OutboxStager;
-
-extern OutboxStager *messaging_outbox_stager_begin(const char *event_type,
-												   const char *target_app,
-												   const char *source_app,
-												   TimestampTz created_at);
-extern void messaging_outbox_stager_add(OutboxStager *s, const pg_uuid_t *id,
-										const char *tenant_id, Datum payload);
-extern uint64 messaging_outbox_stager_end(OutboxStager *s);
-
-/* The relay's side: staged rows, deleted with RETURNING, into the outbox. */
-extern uint64 messaging_outbox_unstage(HeapTuple *rows, TupleDesc desc,
-									   uint64 n);
-
 #endif							/* MESSAGING_OUTBOX_H */

@@ -7,7 +7,7 @@
  * One pass ("drain") is one database transaction:
  *
  *	0. Move the events that statement-level triggers staged in
- *	   messaging.outbox_staged into the outbox (outbox.c), oldest first;
+ *	   messaging.outbox_staged into the outbox (staging.c), oldest first;
  *	   outbox rows from the oldest remaining staged row's first id on are
  *	   left for the next pass, so that the events of one transaction stay
  *	   in id order however they were written.
@@ -80,10 +80,10 @@
 #include "amqp_conn.h"
 #include "envelope.h"
 #include "messaging.h"
-#include "outbox.h"
 #include "outcome.h"
 #include "rowstore.h"
 #include "shmem.h"
+#include "staging.h"
 
 /* A pass handles at most this many batches, or bytes, before it commits. */
 #define RELAY_BATCHES_PER_PASS	40
@@ -571,7 +571,7 @@ prepare_plans(void)
 								 "  FROM messaging.outbox_staged ORDER BY first_id"
 								 "  LIMIT $1 FOR UPDATE SKIP LOCKED))"
 								 " RETURNING first_id, event_type, target_app,"
-								 " source_app, created_at, events, body",
+								 " source_app, created_at, events, shape, body",
 								 1, types);
 	}
 	if (outcome_plan == NULL)
@@ -913,8 +913,7 @@ relay_unstage(void)
 	if (rc != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "could not read staged events: %s", SPI_result_code_string(rc));
 	rows = SPI_processed;
-	(void) messaging_outbox_unstage(SPI_tuptable->vals, SPI_tuptable->tupdesc,
-									rows);
+	(void) messaging_unstage(SPI_tuptable->vals, SPI_tuptable->tupdesc, rows);
 	SPI_freetuptable(SPI_tuptable);
 	return rows == RELAY_UNSTAGE_ROWS;
 }

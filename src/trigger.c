@@ -10,7 +10,7 @@
  *	- FOR EACH STATEMENT with transition tables: the rows of the transition
  *	  tables are read here (an UPDATE's old and new rows side by side) and
  *	  their events staged for the relay in a few packed rows
- *	  (messaging.outbox_staged, outbox.c), so that a bulk change pays little
+ *	  (messaging.outbox_staged, staging.c), so that a bulk change pays little
  *	  more than its own rows.
  *
  * A TRUNCATE statement trigger emits one "<entity>.truncated" event.
@@ -100,6 +100,7 @@
 #include "messaging.h"
 #include "outbox.h"
 #include "shmem.h"
+#include "staging.h"
 #include "uuid7.h"
 #include "validate.h"
 
@@ -1185,7 +1186,7 @@ trg_reader_close(TrgRowReader *r)
 /*
  * The statement form: one event per row of the transition table (INSERT,
  * DELETE), or per pair of old and new rows that is an event (UPDATE),
- * staged for the relay (outbox.c).  Every event of the statement has the
+ * staged for the relay (staging.c).  Every event of the statement has the
  * same time; the ids keep the order of the rows.
  *
  * An UPDATE's old and new transition tables hold the rows in the same
@@ -1222,7 +1223,7 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 	tenants.cxt = AllocSetContextCreate(CurrentMemoryContext,
 										"messaging event tenant",
 										ALLOCSET_SMALL_SIZES);
-	stager = messaging_outbox_stager_begin(event_type, a->target_app,
+	stager = messaging_stager_begin(event_type, a->target_app,
 										   messaging_app_name, now);
 	initStringInfo(&binary);
 
@@ -1250,7 +1251,7 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 		{
 			messaging_check_payload_size(JsonbPGetDatum(payload), "payload");
 			messaging_uuid7_generate(now, &id);
-			messaging_outbox_stager_add(stager, &id,
+			messaging_stager_add(stager, &id,
 										trg_cached_tenant(a, &tenants, rows.slot),
 										JsonbPGetDatum(payload));
 		}
@@ -1259,7 +1260,7 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 	}
 	if (update && trg_reader_next(&old_rows))
 		elog(ERROR, "transition table of old rows is longer than that of new rows");
-	(void) messaging_outbox_stager_end(stager);
+	(void) messaging_stager_end(stager);
 
 	trg_reader_close(&rows);
 	if (update)

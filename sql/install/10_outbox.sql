@@ -29,11 +29,15 @@ COMMENT ON TABLE messaging.outbox IS
  * Events of bulk changes on their way to the outbox.  A statement-level
  * emit_event() trigger packs the events of one statement into a few rows
  * here (one per page at most: the shared values once, then per event its
- * id, tenant and payload; see src/outbox.c), which costs the changing
+ * id, tenant and payload; see src/staging.c), which costs the changing
  * transaction far less than a row per event.  Before each pass over the
  * outbox the relay moves these rows' events into it, keeping their ids,
  * and publishes them from there.  Column order is relied upon by
- * src/outbox.c.
+ * src/staging.c.
+ *
+ * Rows live for milliseconds, so vacuum runs after a few dozen have gone
+ * and keeps the emptied pages (vacuum_truncate off): the next bulk change
+ * fills them again instead of extending the file page by page.
  */
 CREATE TABLE messaging.outbox_staged (
 	first_id		uuid PRIMARY KEY,
@@ -43,27 +47,31 @@ CREATE TABLE messaging.outbox_staged (
 	source_app		text NOT NULL,
 	created_at		timestamptz NOT NULL,
 	events			integer NOT NULL,
+	shape			bytea,
 	body			bytea NOT NULL
 ) WITH (toast_tuple_target = 8160,
+		vacuum_truncate = false,
 		autovacuum_vacuum_scale_factor = 0,
-		autovacuum_vacuum_threshold = 1000,
+		autovacuum_vacuum_threshold = 50,
 		autovacuum_vacuum_insert_scale_factor = 0,
 		autovacuum_vacuum_insert_threshold = 1000);
 
--- the body of a row is sized to fit a page as it is: never compress it
-ALTER TABLE messaging.outbox_staged ALTER COLUMN body SET STORAGE PLAIN;
+-- a row is sized to fit a page as it is: never compress or move its values
+ALTER TABLE messaging.outbox_staged ALTER COLUMN shape SET STORAGE PLAIN,
+	ALTER COLUMN body SET STORAGE PLAIN;
 
 COMMENT ON TABLE messaging.outbox_staged IS
 	'events of bulk changes, packed, for the relay to move into the outbox';
 
 /*
- * For event_status(): event wanted and its tenant if the body of staged
- * row first_id holds it (one row), or no row.
+ * For event_status(): event wanted and its tenant if staged row first_id
+ * (its body and shape) holds it: one row, or none.
  */
-CREATE FUNCTION messaging._staged_event(first_id uuid, body bytea, wanted uuid)
+CREATE FUNCTION messaging._staged_event(first_id uuid, body bytea, shape bytea,
+										wanted uuid)
 RETURNS TABLE (event_id uuid, tenant_id text)
 AS 'MODULE_PATHNAME', 'messaging_staged_event'
-LANGUAGE C STABLE STRICT;
+LANGUAGE C STABLE;
 
 CREATE FUNCTION messaging._staged_events()
 RETURNS TABLE (id uuid, event_type text, payload jsonb, target_app text,

@@ -167,7 +167,7 @@ BEGIN
 	  INTO r.status, r.event_type, r.target_app, r.tenant_id, r.attempts,
 		   r.created_at
 	  FROM messaging.outbox_staged s
-	 CROSS JOIN LATERAL messaging._staged_event(s.first_id, s.body, wanted) e
+	 CROSS JOIN LATERAL messaging._staged_event(s.first_id, s.body, s.shape, wanted) e
 	 WHERE s.first_id <= wanted AND s.last_id >= wanted;
 	IF FOUND THEN
 		RETURN r;
