@@ -237,10 +237,12 @@ bench_single_txn()
 
 # Cost of emit_event() on the application table's write path: a
 # BENCH_TRIGGER_ROWS-row INSERT without trigger, with the statement form
-# and with the row form (bench/trigger.sh).
+# and with the row form; then how fast the statement form's events reach
+# the broker (bench/trigger.sh).
 bench_trigger()
 {
 	pg_bench_trigger
+	pg_bench_trigger_delivery
 }
 
 # ---------------------------------------------------------------------

@@ -1,19 +1,35 @@
 # bench/trigger.sh: cost of messaging.emit_event() on the writer's side,
-# sourced by bench/run.sh after pg.sh.
+# and the rate at which its events reach the broker; sourced by
+# bench/run.sh after pg.sh.
 #
 #	pg_bench_trigger	 one INSERT of BENCH_TRIGGER_ROWS rows into a 7-column
 #						 table without trigger, with the statement form and
 #						 with the row form; then an UPDATE of one column of
-#						 every row in both forms.  Medians of BENCH_RUNS,
+#						 every row in both forms.  Rounds interleave the
+#						 statements; medians of BENCH_TRIGGER_RUNS rounds,
 #						 after one unrecorded warm-up round.
+#	pg_bench_trigger_delivery
+#						 commit of a BENCH_TRIGGER_ROWS-row INSERT with the
+#						 statement form -> the broker's confirm of its last
+#						 event, through the relay
 #
-# Only the SQL side is measured: the relay is pointed at a closed port
-# while it runs, so it neither competes for the CPU nor drains the outbox.
+# The statement form stages its events in messaging.outbox_staged.  It is
+# measured twice: on a staging table as the relay and autovacuum leave it
+# (rows drained, pages vacuumed and kept: "steady"), which is what a
+# running system sees, and on a staging table just truncated ("cold"),
+# where every staged page must first be added to the file, as for the
+# very first bulk change or one larger than any before.
+#
+# For the writer's side the relay is pointed at a closed port, so that it
+# neither competes for the CPU nor drains anything; the drain and vacuum
+# of the steady case are done by the benchmark (DELETE, VACUUM).  Every
+# statement runs in a new session after a checkpoint.
 #
 # Needs: pg.sh's scratch cluster (pg_psql), RESULTS_DIR, BENCH_RUNS,
-# record(), median(), log().
+# record(), median(), log(); RELAY_RATE when pg_bench_relay ran before.
 
 BENCH_TRIGGER_ROWS=${BENCH_TRIGGER_ROWS:-30000}
+BENCH_TRIGGER_RUNS=${BENCH_TRIGGER_RUNS:-$((BENCH_RUNS > 5 ? BENCH_RUNS : 5))}
 
 # The application table: bigint key, tenant, text, numeric, timestamptz.
 PG_TRIGGER_TABLE="id bigint PRIMARY KEY, tenant text NOT NULL, name text,
@@ -35,18 +51,25 @@ SELECT messaging.create_event_trigger('bench_row', 'account', 'crm', 'tenant',
 SQL
 }
 
-# pg_trigger_time SQL: milliseconds SQL takes, on an empty outbox and
-# after a checkpoint, so that no run pays for the previous one's writes.
+# pg_trigger_time PREPARE SQL: milliseconds SQL takes, in a new session,
+# after PREPARE and a checkpoint, so that no run pays for the previous
+# one's writes.
 pg_trigger_time()
 {
 	pg_psql <<SQL | tail -n 1
-TRUNCATE messaging.outbox, messaging.outbox_staged;
+$1
 CHECKPOINT;
 SELECT set_config('bench.t0', clock_timestamp()::text, false) \\g /dev/null
-$1;
+$2;
 SELECT round(extract(epoch FROM clock_timestamp() - current_setting('bench.t0')::timestamptz) * 1000, 1);
 SQL
 }
+
+# The staging table and outbox emptied as the relay and autovacuum leave
+# them, or truncated.
+PG_TRIGGER_STEADY="DELETE FROM messaging.outbox; DELETE FROM messaging.outbox_staged;
+VACUUM messaging.outbox_staged; VACUUM messaging.outbox;"
+PG_TRIGGER_COLD="TRUNCATE messaging.outbox, messaging.outbox_staged;"
 
 # pg_trigger_ratio A B: A / B to two decimals.
 pg_trigger_ratio()
@@ -57,51 +80,126 @@ pg_trigger_ratio()
 pg_bench_trigger()
 {
 	local i n=$BENCH_TRIGGER_ROWS
-	local plain=() stmt=() row=() stmt_upd=() row_upd=()
+	local plain=() steady=() cold=() row=() stmt_upd=() row_upd=()
 	local raw="$RESULTS_DIR/trigger.tsv"
-	local p s r su ru events
+	local p st c r su ru events
 
 	pg_psql -c "ALTER SYSTEM SET messaging.broker_url = 'amqp://guest:guest@127.0.0.1:1/%2f'" \
 		-c "SELECT pg_reload_conf()" >/dev/null
 	sleep 1
 	pg_trigger_setup
-	printf 'run\tplain_ms\tstatement_ms\trow_ms\tstatement_update_ms\trow_update_ms\n' > "$raw"
+	printf 'run\tplain_ms\tstatement_steady_ms\tstatement_cold_ms\trow_ms\tstatement_update_ms\trow_update_ms\n' > "$raw"
 
 	# round 0 is the warm-up
-	for ((i = 0; i <= BENCH_RUNS; i++)); do
-		pg_psql -c "TRUNCATE bench_plain, bench_stmt, bench_row" >/dev/null
-		p=$(pg_trigger_time "INSERT INTO bench_plain $PG_TRIGGER_ROWS")
-		s=$(pg_trigger_time "INSERT INTO bench_stmt $PG_TRIGGER_ROWS")
+	for ((i = 0; i <= BENCH_TRIGGER_RUNS; i++)); do
+		p=$(pg_trigger_time "TRUNCATE bench_plain;" "INSERT INTO bench_plain $PG_TRIGGER_ROWS")
+		st=$(pg_trigger_time "TRUNCATE bench_stmt; $PG_TRIGGER_STEADY" \
+			"INSERT INTO bench_stmt $PG_TRIGGER_ROWS")
 		events=$(pg_psql -c "SELECT count(*) FROM messaging.pending_events")
-		r=$(pg_trigger_time "INSERT INTO bench_row $PG_TRIGGER_ROWS")
+		c=$(pg_trigger_time "TRUNCATE bench_stmt; $PG_TRIGGER_COLD" \
+			"INSERT INTO bench_stmt $PG_TRIGGER_ROWS")
+		su=$(pg_trigger_time "$PG_TRIGGER_STEADY" "UPDATE bench_stmt SET status = 'closed'")
+		r=$(pg_trigger_time "TRUNCATE bench_row; $PG_TRIGGER_STEADY" \
+			"INSERT INTO bench_row $PG_TRIGGER_ROWS")
 		events="$events $(pg_psql -c "SELECT count(*) FROM messaging.pending_events")"
-		su=$(pg_trigger_time "UPDATE bench_stmt SET status = 'closed'")
-		ru=$(pg_trigger_time "UPDATE bench_row SET status = 'closed'")
-		if [ "$events" != "$n $n" ]; then
-			log "trigger: expected $n events per INSERT, outbox had $events"
+		ru=$(pg_trigger_time "$PG_TRIGGER_STEADY" "UPDATE bench_row SET status = 'closed'")
+		events="$events $(pg_psql -c "SELECT count(*) FROM messaging.pending_events")"
+		if [ "$events" != "$n $n $n" ]; then
+			log "trigger: expected $n events per statement, had $events"
 			exit 1
 		fi
-		printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$p" "$s" "$r" "$su" "$ru" >> "$raw"
-		log "trigger round $i: plain $p ms, statement $s ms, row $r ms; update: statement $su ms, row $ru ms"
+		printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$i" "$p" "$st" "$c" "$r" "$su" "$ru" >> "$raw"
+		log "trigger round $i: plain $p ms, statement $st ms (cold $c ms), row $r ms; update: statement $su ms, row $ru ms"
 		if [ "$i" -gt 0 ]; then
-			plain+=("$p"); stmt+=("$s"); row+=("$r")
+			plain+=("$p"); steady+=("$st"); cold+=("$c"); row+=("$r")
 			stmt_upd+=("$su"); row_upd+=("$ru")
 		fi
 	done
 	pg_psql -c "TRUNCATE messaging.outbox, messaging.outbox_staged" \
-		-c "DROP TABLE bench_plain, bench_stmt, bench_row" \
+		-c "DROP TABLE bench_plain, bench_row" \
 		-c "ALTER SYSTEM RESET messaging.broker_url" -c "SELECT pg_reload_conf()" >/dev/null
 
 	p=$(printf '%s\n' "${plain[@]}" | median)
-	s=$(printf '%s\n' "${stmt[@]}" | median)
+	st=$(printf '%s\n' "${steady[@]}" | median)
+	c=$(printf '%s\n' "${cold[@]}" | median)
 	r=$(printf '%s\n' "${row[@]}" | median)
 	su=$(printf '%s\n' "${stmt_upd[@]}" | median)
 	ru=$(printf '%s\n' "${row_upd[@]}" | median)
-	record "INSERT x$n, no trigger" "$p" "ms" "median of $BENCH_RUNS, 7 columns"
-	record "INSERT x$n, statement-form events" "$s" "ms" "median of $BENCH_RUNS"
-	record "INSERT x$n, row-form events" "$r" "ms" "median of $BENCH_RUNS"
-	record "statement form / no trigger" "$(pg_trigger_ratio "$s" "$p")" "x" "target 1.5"
+	record "INSERT x$n, no trigger" "$p" "ms" "median of $BENCH_TRIGGER_RUNS, 7 columns"
+	record "INSERT x$n, statement form" "$st" "ms" "median; staging table drained and vacuumed"
+	record "INSERT x$n, statement form, cold" "$c" "ms" "median; staging table truncated"
+	record "INSERT x$n, row form" "$r" "ms" "median of $BENCH_TRIGGER_RUNS"
+	record "statement form / no trigger" "$(pg_trigger_ratio "$st" "$p")" "x" "target 1.5"
+	record "statement form, cold / no trigger" "$(pg_trigger_ratio "$c" "$p")" "x" "target 1.5"
 	record "row form / no trigger" "$(pg_trigger_ratio "$r" "$p")" "x" "target 3"
-	record "UPDATE x$n one column, statement form" "$su" "ms" "median of $BENCH_RUNS"
-	record "UPDATE x$n one column, row form" "$ru" "ms" "median of $BENCH_RUNS"
+	record "UPDATE x$n one column, statement form" "$su" "ms" "median of $BENCH_TRIGGER_RUNS"
+	record "UPDATE x$n one column, row form" "$ru" "ms" "median of $BENCH_TRIGGER_RUNS"
+}
+
+# One run: wait for the relay to be idle, commit the INSERT, then poll the
+# relay's published total until all its events are confirmed.  Prints
+# events per second from commit to last confirm.
+pg_trigger_delivery_run()
+{
+	pg_psql <<SQL
+TRUNCATE bench_stmt;
+DO \$\$
+DECLARE
+	before bigint;
+BEGIN
+	LOOP
+		EXIT WHEN NOT EXISTS (SELECT FROM messaging.pending_events);
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+	SELECT published INTO before FROM messaging.connection_status
+	 WHERE worker = 'relay';
+	PERFORM set_config('bench.before', before::text, false);
+END
+\$\$;
+INSERT INTO bench_stmt $PG_TRIGGER_ROWS;
+SELECT set_config('bench.t0', clock_timestamp()::text, false) \\g /dev/null
+DO \$\$
+DECLARE
+	n bigint;
+	deadline timestamptz := clock_timestamp() + interval '120 s';
+BEGIN
+	LOOP
+		SELECT published - current_setting('bench.before')::bigint INTO n
+		  FROM messaging.connection_status WHERE worker = 'relay';
+		EXIT WHEN n >= $BENCH_TRIGGER_ROWS;
+		IF clock_timestamp() > deadline THEN
+			RAISE EXCEPTION 'relay confirmed only % of % events in 120 s', n, $BENCH_TRIGGER_ROWS;
+		END IF;
+		PERFORM pg_sleep(0.002);
+	END LOOP;
+END
+\$\$;
+SELECT round($BENCH_TRIGGER_ROWS / extract(epoch FROM clock_timestamp() - current_setting('bench.t0')::timestamptz));
+SQL
+}
+
+pg_bench_trigger_delivery()
+{
+	local i rates=() rate note
+
+	# the relay connected again (pg_bench_trigger pointed it elsewhere)
+	pg_psql -c "SELECT count(*) FROM messaging.connection_status" >/dev/null
+	for ((i = 0; i < 100; i++)); do
+		[ "$(pg_psql -c "SELECT state FROM messaging.connection_status WHERE worker = 'relay'")" = connected ] && break
+		sleep 0.1
+	done
+	pg_trigger_delivery_run >/dev/null		# warm-up
+	for ((i = 1; i <= BENCH_RUNS; i++)); do
+		MQ_DIR="$MQ_DIR" MQ_PORT="$BENCH_MQ_PORT" bash "$BROKER_SCRIPT" \
+			ctl purge_queue bench-sink >/dev/null 2>&1 || true
+		rates+=("$(pg_trigger_delivery_run | tail -n 1)")
+		log "trigger delivery run $i: ${rates[-1]} events/s"
+	done
+	pg_psql -c "DROP TABLE bench_stmt" >/dev/null
+	rate=$(printf '%s\n' "${rates[@]}" | median)
+	note="median of $BENCH_RUNS"
+	if [ -n "${RELAY_RATE:-}" ]; then
+		note="$(awk -v a="$rate" -v b="$RELAY_RATE" 'BEGIN { printf "%.2fx the relay with publish_event() rows", a / b }')"
+	fi
+	record "statement-form INSERT x$BENCH_TRIGGER_ROWS commit -> last confirm" "$rate" "events/s" "$note"
 }
