@@ -481,6 +481,12 @@ messaging_stager_end(OutboxStager *s)
  * ----------------------------------------------------------------
  */
 
+/*
+ * XXX: a corrupt staged row (only a bug or a damaged page can make one)
+ * fails every relay pass until an administrator deletes it, as the hint
+ * says; moving it aside automatically would need a place to keep bytes
+ * that are no events.
+ */
 static void
 staged_corrupt(const pg_uuid_t *first_id, const char *what)
 {
