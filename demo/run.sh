@@ -134,7 +134,7 @@ psql_demo -q -At -f "$ROOT/demo/scenario.sql" > "$DIR/scenario.out"
 echo "scenario done: $(grep -c . "$DIR/scenario.out" || true) publish_event calls; the last transaction (3 of them) rolled back"
 
 # ---- queries on the extension's own objects: keep them here ----
-OUTBOX_COUNT_SQL='SELECT count(*) FROM messaging.outbox'
+OUTBOX_COUNT_SQL='SELECT count(*) FROM messaging.pending_events'
 STATUS_SQL='SELECT worker, pid, state, broker_host, broker_port, reconnects, published, failed, backlog, last_error FROM messaging.connection_status'
 COUNTERS_SQL="SELECT coalesce(nullif(tenant_id, ''), '-') AS tenant, source_app, coalesce(nullif(target_app, ''), '*') AS target_app, event_type, sum(published) AS published, sum(acknowledged) AS acknowledged, sum(failed) AS failed, sum(received) AS received, sum(unhandled) AS unhandled FROM messaging.event_counters GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
 AWAITING_SQL='SELECT count(*) FROM messaging.awaiting_ack'
@@ -152,7 +152,7 @@ while [ "$left" != 0 ] && [ "$SECONDS" -lt "$deadline" ]; do
     sleep 0.5
     left="$(psql_demo -Atc "$OUTBOX_COUNT_SQL")"
 done
-echo "outbox rows left: $left"
+echo "events left unpublished: $left"
 [ "$left" = 0 ] || ok=0
 
 # Give the consumers until every expected message arrived (bounded).
