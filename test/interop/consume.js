@@ -7,7 +7,7 @@
 //   node consume.js --url URL --queue NAME [--bind EXCHANGE:ROUTING_KEY ...]
 //        [--declare-exchanges] [--passive] [--setup-only]
 //        --count N --timeout-ms T [--ack | --nack | --nack-drop]
-//        [--prefetch P]
+//        [--prefetch P] [--fields F,F,...]
 //
 // --declare-exchanges  asserts inter-app-events (topic) and
 //                      inter-app-broadcast (fanout), both durable
@@ -17,10 +17,18 @@
 // --ack (default)      acknowledge each message once printed
 // --nack               negative-acknowledge with requeue (redelivered later)
 // --nack-drop          negative-acknowledge without requeue
+// --fields F,F,...     print, instead of the JSON object, one line of
+//                      tab-separated values per message, each as JSON text
+//                      (null when absent): messageId, routingKey,
+//                      redelivered, bodyLength, bodySha256 (hex), or
+//                      body.PATH, a dot path into the JSON body such as
+//                      body.data.id; for tests reading tens of thousands of
+//                      messages
 // Once the consumer is registered, "consume.js: consuming from NAME" goes to
 // stderr. Exit status: 0 once N messages arrived, 1 at timeout (after printing what
 // arrived), 2 on bad arguments or connection errors.
 
+const crypto = require('node:crypto');
 const amqp = require('amqplib');
 const { parseArgs } = require('node:util');
 
@@ -28,6 +36,9 @@ const EXCHANGES = [
   ['inter-app-events', 'topic'],
   ['inter-app-broadcast', 'fanout'],
 ];
+
+// What --fields may name besides body.PATH.
+const FIELDS = new Set(['messageId', 'routingKey', 'redelivered', 'bodyLength', 'bodySha256']);
 
 function usage(msg) {
   process.stderr.write(`consume.js: ${msg}\n`);
@@ -49,6 +60,7 @@ function parse() {
       nack: { type: 'boolean', default: false },
       'nack-drop': { type: 'boolean', default: false },
       prefetch: { type: 'string' },
+      fields: { type: 'string' },
     },
   });
   if (!values.url) usage('--url is required');
@@ -64,6 +76,10 @@ function parse() {
     if (i <= 0) usage(`--bind wants EXCHANGE:ROUTING_KEY, got "${b}"`);
     return [b.slice(0, i), b.slice(i + 1)];
   });
+  const fields = values.fields === undefined ? null : values.fields.split(',');
+  if (fields && fields.some((f) => !FIELDS.has(f) && !/^body(\.[^.]+)+$/.test(f))) {
+    usage(`--fields wants ${[...FIELDS].join(', ')} or body.PATH, got "${values.fields}"`);
+  }
   return {
     url: values.url,
     queue: values.queue,
@@ -75,6 +91,7 @@ function parse() {
     timeoutMs,
     mode: modes[0] || 'ack',
     prefetch: values.prefetch ? Number(values.prefetch) : Math.max(1, Math.min(count, 100)),
+    fields,
   };
 }
 
@@ -102,6 +119,29 @@ function describe(msg) {
     bodyLength: msg.content.length,
     body: msg.content.toString('utf8'),
   };
+}
+
+// One --fields line: the values named, as JSON text (which holds no tab or
+// newline), separated by tabs. A body that is not JSON has no paths.
+function pick(msg, fields) {
+  let body;
+  const value = (f) => {
+    switch (f) {
+      case 'messageId': return msg.properties.messageId;
+      case 'routingKey': return msg.fields.routingKey;
+      case 'redelivered': return msg.fields.redelivered;
+      case 'bodyLength': return msg.content.length;
+      case 'bodySha256': return crypto.createHash('sha256').update(msg.content).digest('hex');
+      default: break;
+    }
+    if (body === undefined) {
+      try { body = JSON.parse(msg.content.toString('utf8')); } catch (_) { body = null; }
+    }
+    let v = body;
+    for (const k of f.split('.').slice(1)) v = v !== null && typeof v === 'object' ? v[k] : undefined;
+    return v;
+  };
+  return fields.map((f) => JSON.stringify(value(f) ?? null)).join('\t');
 }
 
 async function main() {
@@ -136,7 +176,7 @@ async function main() {
     if (msg === null) { finish(1); return; } // consumer cancelled by the broker
     if (received >= opt.count) return; // left unacknowledged: requeued on close
     received += 1;
-    process.stdout.write(JSON.stringify(describe(msg)) + '\n');
+    process.stdout.write((opt.fields ? pick(msg, opt.fields) : JSON.stringify(describe(msg))) + '\n');
     if (opt.mode === 'ack') ch.ack(msg);
     else if (opt.mode === 'nack') ch.nack(msg, false, true);
     else ch.nack(msg, false, false);
