@@ -68,6 +68,7 @@ int			messaging_poll_interval = 1000;
 int			messaging_publish_batch_size = 500;
 int			messaging_publish_window = 500;
 int			messaging_publish_linger = 5;
+int			messaging_staging_reserve = 1024;
 int			messaging_confirm_timeout = 30000;
 int			messaging_publish_max_attempts = 5;
 char	   *messaging_consumer_queue = NULL;
@@ -405,6 +406,17 @@ define_settings(void)
 							&messaging_publish_window,
 							500, 1, 65535,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("messaging.staging_reserve",
+							"Empty space the relay keeps ready for staged events.",
+							"Statement-level event triggers pack their events into "
+							"pages of messaging.outbox_staged; the relay adds empty "
+							"pages ahead of need so that a bulk change does not "
+							"extend the file page by page.  0 turns this off.",
+							&messaging_staging_reserve,
+							1024, 0, 131072,
+							PGC_SIGHUP, GUC_UNIT_BLOCKS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("messaging.publish_linger",

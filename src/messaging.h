@@ -47,6 +47,7 @@ extern int	messaging_poll_interval;
 extern int	messaging_publish_batch_size;
 extern int	messaging_publish_window;
 extern int	messaging_publish_linger;
+extern int	messaging_staging_reserve;
 extern int	messaging_confirm_timeout;
 extern int	messaging_publish_max_attempts;
 extern char *messaging_consumer_queue;

@@ -915,6 +915,10 @@ relay_unstage(void)
 	rows = SPI_processed;
 	(void) messaging_unstage(SPI_tuptable->vals, SPI_tuptable->tupdesc, rows);
 	SPI_freetuptable(SPI_tuptable);
+
+	/* writers used pages: have new ones ready for the next bulk change */
+	if (rows > 0)
+		(void) messaging_staging_reserve_space(messaging_staging_reserve);
 	return rows == RELAY_UNSTAGE_ROWS;
 }
 
@@ -1278,7 +1282,8 @@ relay_recover_from_error(void)
 
 /*
  * Housekeeping that needs no caller: acknowledgement timeouts and periodic
- * cleanup, done in SQL by messaging._relay_maintenance().
+ * cleanup, done in SQL by messaging._relay_maintenance(), and the empty
+ * pages kept ready for staged events (messaging.staging_reserve).
  */
 static void
 relay_maintenance(void)
@@ -1295,6 +1300,7 @@ relay_maintenance(void)
 	if (rc != SPI_OK_SELECT)
 		elog(ERROR, "could not run messaging maintenance: %s",
 			 SPI_result_code_string(rc));
+	(void) messaging_staging_reserve_space(messaging_staging_reserve);
 	relay_txn_end();
 }
 

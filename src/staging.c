@@ -59,6 +59,9 @@
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
+#include "storage/freespace.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
@@ -474,6 +477,78 @@ messaging_stager_end(OutboxStager *s)
 		written += messaging_outbox_writer_end(s->direct);
 	MemoryContextDelete(s->cxt);
 	return written;
+}
+
+/* ----------------------------------------------------------------
+ * Space (the relay's side)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Adds empty pages to messaging.outbox_staged until the free space map
+ * lists at least reserve pages with room for a staged row, at most
+ * STAGED_EXTEND_STEP at a time; returns how many were added.
+ *
+ * A bulk change writes its staged rows into pages the free space map
+ * offers, and extends the file page by page only when it offers none;
+ * extending costs the writer about as much as writing the page.  The
+ * relay therefore extends ahead of need, as the server itself does when
+ * writers queue for the extension lock: the new pages are left
+ * uninitialised and unlogged (a writer initialises a page when it first
+ * uses it; after a crash they are all-zero pages, which vacuum and
+ * writers both handle) and entered into the free space map.  Pages the
+ * relay emptied become free again when vacuum has passed (the table keeps
+ * them: vacuum_truncate is off).
+ */
+#define STAGED_EXTEND_STEP	1024
+
+BlockNumber
+messaging_staging_reserve_space(BlockNumber reserve)
+{
+	Oid			relid = messaging_table_relid_if_exists("outbox_staged");
+	Relation	rel;
+	BlockNumber nblocks;
+	BlockNumber blk;
+	BlockNumber free = 0;
+	BlockNumber first = InvalidBlockNumber;
+	BlockNumber added = 0;
+	Size		room = BLCKSZ / 2;
+
+	if (!OidIsValid(relid) || reserve == 0)
+		return 0;
+	rel = table_open(relid, RowExclusiveLock);
+	nblocks = RelationGetNumberOfBlocks(rel);
+	for (blk = 0; blk < nblocks && free < reserve; blk++)
+		if (GetRecordedFreeSpace(rel, blk) >= room)
+			free++;
+
+	if (free < reserve)
+	{
+		BlockNumber want = Min(reserve - free, STAGED_EXTEND_STEP);
+
+		LockRelationForExtension(rel, ExclusiveLock);
+		while (added < want)
+		{
+			Buffer		buf = ReadBufferExtended(rel, MAIN_FORKNUM, P_NEW,
+												 RBM_ZERO_AND_LOCK, NULL);
+
+			blk = BufferGetBlockNumber(buf);
+			if (!PageIsNew(BufferGetPage(buf)))
+				elog(ERROR, "page %u of relation \"%s\" should be empty but is not",
+					 blk, RelationGetRelationName(rel));
+			UnlockReleaseBuffer(buf);
+			if (first == InvalidBlockNumber)
+				first = blk;
+			RecordPageWithFreeSpace(rel, blk, BLCKSZ - SizeOfPageHeaderData);
+			added++;
+			CHECK_FOR_INTERRUPTS();
+		}
+		UnlockRelationForExtension(rel, ExclusiveLock);
+		/* make the new pages findable from the map's upper levels */
+		FreeSpaceMapVacuumRange(rel, first, blk + 1);
+	}
+	table_close(rel, NoLock);
+	return added;
 }
 
 /* ----------------------------------------------------------------

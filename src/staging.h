@@ -15,6 +15,7 @@
 
 #include "access/htup.h"
 #include "access/tupdesc.h"
+#include "storage/block.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -38,5 +39,6 @@ extern uint64 messaging_stager_end(OutboxStager *s);
  * source_app, created_at, events, shape, body.
  */
 extern uint64 messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n);
+extern BlockNumber messaging_staging_reserve_space(BlockNumber reserve);
 
 #endif							/* MESSAGING_STAGING_H */
