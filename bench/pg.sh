@@ -66,20 +66,19 @@ PG_PAYLOAD="jsonb_build_object('user_id', g, 'email', 'user' || g || '@example.c
 	'name', 'User ' || g, 'roles', jsonb_build_array('member', 'viewer'),
 	'note', repeat('x', 150))"
 
-# One run: wait for the relay to be idle, commit BENCH_COUNT events, then
-# poll the relay's published total from the same session until all are
-# confirmed.  Prints events per second from commit to last confirm.
-pg_relay_run()
+# pg_delivery_run SQL N: waits for the relay to be idle (no event
+# pending), runs SQL (which commits N events), then polls the relay's
+# published total from the same session until all N are confirmed.
+# Prints events per second from commit to last confirm.
+pg_delivery_run()
 {
 	pg_psql <<SQL
 DO \$\$
 DECLARE
 	before bigint;
-	t0 timestamptz;
-	n bigint;
 BEGIN
 	LOOP
-		EXIT WHEN NOT EXISTS (SELECT FROM messaging.outbox);
+		EXIT WHEN NOT EXISTS (SELECT FROM messaging.pending_events);
 		PERFORM pg_sleep(0.05);
 	END LOOP;
 	SELECT published INTO before FROM messaging.connection_status
@@ -87,8 +86,7 @@ BEGIN
 	PERFORM set_config('bench.before', before::text, false);
 END
 \$\$;
-SELECT count(messaging.publish_event('user.created', $PG_PAYLOAD, 'crm', 'acme'))
-  FROM generate_series(1, $BENCH_COUNT) g \\g /dev/null
+$1 \\g /dev/null
 SELECT set_config('bench.t0', clock_timestamp()::text, false) \\g /dev/null
 DO \$\$
 DECLARE
@@ -98,16 +96,23 @@ BEGIN
 	LOOP
 		SELECT published - current_setting('bench.before')::bigint INTO n
 		  FROM messaging.connection_status WHERE worker = 'relay';
-		EXIT WHEN n >= $BENCH_COUNT;
+		EXIT WHEN n >= $2;
 		IF clock_timestamp() > deadline THEN
-			RAISE EXCEPTION 'relay confirmed only % of % events in 120 s', n, $BENCH_COUNT;
+			RAISE EXCEPTION 'relay confirmed only % of % events in 120 s', n, $2;
 		END IF;
 		PERFORM pg_sleep(0.002);
 	END LOOP;
 END
 \$\$;
-SELECT round($BENCH_COUNT / extract(epoch FROM clock_timestamp() - current_setting('bench.t0')::timestamptz));
+SELECT round($2 / extract(epoch FROM clock_timestamp() - current_setting('bench.t0')::timestamptz));
 SQL
+}
+
+# One run of the relay benchmark: BENCH_COUNT publish_event() rows.
+pg_relay_run()
+{
+	pg_delivery_run "SELECT count(messaging.publish_event('user.created', $PG_PAYLOAD, 'crm', 'acme'))
+  FROM generate_series(1, $BENCH_COUNT) g" "$BENCH_COUNT"
 }
 
 pg_bench_relay()

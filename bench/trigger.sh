@@ -165,46 +165,12 @@ pg_bench_trigger()
 	record "UPDATE x$n one column, row form" "$ru" "ms" "median of $BENCH_TRIGGER_RUNS"
 }
 
-# One run: wait for the relay to be idle, commit the INSERT, then poll the
-# relay's published total until all its events are confirmed.  Prints
-# events per second from commit to last confirm.
+# One delivery run: the INSERT's events, commit to last confirm, in
+# events per second (pg.sh's pg_delivery_run).
 pg_trigger_delivery_run()
 {
-	pg_psql <<SQL
-TRUNCATE bench_stmt;
-DO \$\$
-DECLARE
-	before bigint;
-BEGIN
-	LOOP
-		EXIT WHEN NOT EXISTS (SELECT FROM messaging.pending_events);
-		PERFORM pg_sleep(0.05);
-	END LOOP;
-	SELECT published INTO before FROM messaging.connection_status
-	 WHERE worker = 'relay';
-	PERFORM set_config('bench.before', before::text, false);
-END
-\$\$;
-INSERT INTO bench_stmt $PG_TRIGGER_ROWS;
-SELECT set_config('bench.t0', clock_timestamp()::text, false) \\g /dev/null
-DO \$\$
-DECLARE
-	n bigint;
-	deadline timestamptz := clock_timestamp() + interval '120 s';
-BEGIN
-	LOOP
-		SELECT published - current_setting('bench.before')::bigint INTO n
-		  FROM messaging.connection_status WHERE worker = 'relay';
-		EXIT WHEN n >= $BENCH_TRIGGER_ROWS;
-		IF clock_timestamp() > deadline THEN
-			RAISE EXCEPTION 'relay confirmed only % of % events in 120 s', n, $BENCH_TRIGGER_ROWS;
-		END IF;
-		PERFORM pg_sleep(0.002);
-	END LOOP;
-END
-\$\$;
-SELECT round($BENCH_TRIGGER_ROWS / extract(epoch FROM clock_timestamp() - current_setting('bench.t0')::timestamptz));
-SQL
+	pg_psql -c "TRUNCATE bench_stmt" >/dev/null
+	pg_delivery_run "INSERT INTO bench_stmt $PG_TRIGGER_ROWS" "$BENCH_TRIGGER_ROWS"
 }
 
 pg_bench_trigger_delivery()
