@@ -167,6 +167,7 @@ static SPIPlanPtr fetch_plan = NULL;
 static SPIPlanPtr outcome_plan = NULL;
 static SPIPlanPtr count_plan = NULL;
 static SPIPlanPtr unstage_plan = NULL;
+static SPIPlanPtr aside_plan = NULL;
 static Oid	planned_staged = InvalidOid;	/* outbox_staged the plans know */
 static TimestampTz last_count = 0;
 static TimestampTz last_maintenance = 0;
@@ -531,6 +532,7 @@ prepare_plans(void)
 		forget_plan(&fetch_plan);
 		forget_plan(&count_plan);
 		forget_plan(&unstage_plan);
+		forget_plan(&aside_plan);
 		planned_staged = staged;
 	}
 
@@ -573,6 +575,22 @@ prepare_plans(void)
 								 " RETURNING first_id, event_type, target_app,"
 								 " source_app, created_at, events, shape, body",
 								 1, types);
+	}
+	if (aside_plan == NULL && OidIsValid(staged))
+	{
+		Oid			types[8] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, INT4OID,
+		BYTEAOID, TEXTOID, TIMESTAMPTZOID};
+
+		aside_plan = keep_plan("INSERT INTO messaging.failed_events"
+							   " (event_id, event_type, target_app, source_app,"
+							   "  exchange, routing_key, envelope, reason, error,"
+							   "  attempts, created_at)"
+							   " VALUES ($1, $2, $3, $4, '', '',"
+							   "  jsonb_build_object('staged_events', $5,"
+							   "   'staged_body', encode($6, 'hex')),"
+							   "  'unpublishable', $7, 0, $8)"
+							   " ON CONFLICT (event_id) DO NOTHING",
+							   8, types);
 	}
 	if (outcome_plan == NULL)
 	{
@@ -896,6 +914,43 @@ remember_outcomes(RelayPass *pass)
 }
 
 /*
+ * A staged row that cannot be read (staging.c checks every record) is
+ * deleted like the others but goes to failed_events, as one unpublishable
+ * entry under its first id carrying its bytes, rather than failing every
+ * pass.  row has unstage_plan's columns.
+ */
+static void
+set_aside_staged(HeapTuple row, TupleDesc desc, const char *error)
+{
+	Datum		args[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	bool		isnull;
+	char		idbuf[UUID_LEN * 2 + 5];
+	int			i;
+	static const int cols[8] = {1, 2, 3, 4, 6, 8, 0, 5};
+
+	for (i = 0; i < 8; i++)
+	{
+		if (cols[i] == 0)
+			continue;
+		args[i] = SPI_getbinval(row, desc, cols[i], &isnull);
+		if (isnull)
+			nulls[i] = 'n';
+	}
+	args[6] = CStringGetTextDatum(psprintf("staged events could not be read: %s", error));
+	if (SPI_execute_plan(aside_plan, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record unreadable staged events");
+
+	messaging_format_uuid(DatumGetUUIDP(args[0]), idbuf);
+	ereport(WARNING,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("messaging relay could not read staged events starting at %s: %s",
+					idbuf, error),
+			 errdetail("The row held %d events.", DatumGetInt32(args[4])),
+			 errhint("It is recorded in messaging.failed_events with its bytes.")));
+}
+
+/*
  * Moves staged events (of statement-level triggers) into the outbox, in
  * the pass's transaction, at most RELAY_UNSTAGE_ROWS staged rows at a
  * time.  Returns true when staged rows are probably left.
@@ -913,8 +968,19 @@ relay_unstage(void)
 	if (rc != SPI_OK_DELETE_RETURNING)
 		elog(ERROR, "could not read staged events: %s", SPI_result_code_string(rc));
 	rows = SPI_processed;
-	(void) messaging_unstage(SPI_tuptable->vals, SPI_tuptable->tupdesc, rows);
-	SPI_freetuptable(SPI_tuptable);
+	if (rows > 0)
+	{
+		SPITupleTable *staged = SPI_tuptable;
+		const char **errors = palloc(sizeof(char *) * rows);
+		uint64		r;
+
+		(void) messaging_unstage(staged->vals, staged->tupdesc, rows, errors);
+		for (r = 0; r < rows; r++)
+			if (errors[r] != NULL)
+				set_aside_staged(staged->vals[r], staged->tupdesc, errors[r]);
+		pfree(errors);
+		SPI_freetuptable(staged);
+	}
 
 	/* writers used pages: have new ones ready for the next bulk change */
 	if (rows > 0)
@@ -1264,7 +1330,7 @@ relay_recover_from_error(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	/* the plans may refer to dropped objects */
-	fetch_plan = outcome_plan = count_plan = unstage_plan = NULL;
+	fetch_plan = outcome_plan = count_plan = unstage_plan = aside_plan = NULL;
 	planned_staged = InvalidOid;
 	extension_ready = false;
 

@@ -144,14 +144,6 @@ shape_keys(const char *shape)
 	return header & JB_CMASK;
 }
 
-/*
- * The jsonb datum of the given shape and part (value entries and bytes),
- * in a new palloc'd buffer.
- */
-static Jsonb *
-shape_join(const char *shape, Size shape_len, const char *part, Size part_len,
-		   const pg_uuid_t *first_id);
-
 /* ----------------------------------------------------------------
  * Writing (the triggers' side)
  * ----------------------------------------------------------------
@@ -557,47 +549,96 @@ messaging_staging_reserve_space(BlockNumber reserve)
  */
 
 /*
- * XXX: a corrupt staged row (only a bug or a damaged page can make one)
- * fails every relay pass until an administrator deletes it, as the hint
- * says; moving it aside automatically would need a place to keep bytes
- * that are no events.
+ * A staged row is only ever written by the stager, but a bug or a damaged
+ * page could still leave one the relay cannot read.  Every record, and
+ * every payload's jsonb structure, is therefore checked before anything
+ * trusts it: the relay moves a row that fails the check aside (into
+ * failed_events, see relay.c) instead of failing every pass, and the SQL
+ * readers skip it with a warning.
  */
-static void
-staged_corrupt(const pg_uuid_t *first_id, const char *what)
+
+/* Limits the nesting the check follows, as jsonb itself does. */
+#define STAGED_MAX_DEPTH	1000
+
+/*
+ * Whether the len bytes at c are a jsonb container whose every entry lies
+ * within them: entry types, offsets, numerics' headers and nested
+ * containers, down to the scalars.  Key order is not checked; it only
+ * matters to lookups, which then fail instead of misbehaving.
+ */
+static bool
+container_ok(const char *c, Size len, int depth)
 {
-	char		idbuf[UUID_LEN * 2 + 5];
+	uint32		header;
+	uint32		count;
+	uint32		nentries;
+	Size		base;
+	uint32		end = 0;
+	uint32		i;
 
-	messaging_format_uuid(first_id, idbuf);
-	ereport(ERROR,
-			(errcode(ERRCODE_DATA_CORRUPTED),
-			 errmsg("staged events starting at %s are corrupt: %s", idbuf, what),
-			 errhint("Delete the row with first_id '%s' from messaging.outbox_staged to let "
-					 "the relay go on; its events are lost.", idbuf)));
-}
+	if (depth > STAGED_MAX_DEPTH || len < sizeof(uint32))
+		return false;
+	memcpy(&header, c, sizeof(header));
+	count = header & JB_CMASK;
+	if ((header & JB_FOBJECT) && !(header & (JB_FARRAY | JB_FSCALAR)))
+		nentries = count * 2;
+	else if ((header & JB_FARRAY) && !(header & JB_FOBJECT))
+	{
+		if ((header & JB_FSCALAR) && count != 1)
+			return false;
+		nentries = count;
+	}
+	else
+		return false;
+	if (nentries > (len - sizeof(uint32)) / sizeof(JEntry))
+		return false;
+	base = sizeof(uint32) + sizeof(JEntry) * nentries;
 
-static Jsonb *
-shape_join(const char *shape, Size shape_len, const char *part, Size part_len,
-		   const pg_uuid_t *first_id)
-{
-	uint32		n = shape_keys(shape);
-	Size		head = sizeof(uint32) + sizeof(JEntry) * n;
-	Size		ventries = sizeof(JEntry) * n;
-	Jsonb	   *jb;
-	char	   *p;
+	for (i = 0; i < nentries; i++)
+	{
+		JEntry		e;
+		uint32		start = end;
+		uint32		type;
+		Size		at;
 
-	if (shape_len < head || part_len < ventries)
-		staged_corrupt(first_id, "a payload does not fit its shape");
-	jb = palloc(VARHDRSZ + shape_len + part_len);
-	SET_VARSIZE(jb, VARHDRSZ + shape_len + part_len);
-	p = (char *) &jb->root;
-	memcpy(p, shape, head);
-	p += head;
-	memcpy(p, part, ventries);
-	p += ventries;
-	memcpy(p, shape + head, shape_len - head);
-	p += shape_len - head;
-	memcpy(p, part + ventries, part_len - ventries);
-	return jb;
+		memcpy(&e, c + sizeof(uint32) + sizeof(JEntry) * i, sizeof(JEntry));
+		end = JBE_HAS_OFF(e) ? JBE_OFFLENFLD(e) : end + JBE_OFFLENFLD(e);
+		if (end < start || base + end > len)
+			return false;
+		type = e & JENTRY_TYPEMASK;
+		if ((header & JB_FOBJECT) && i < count && type != JENTRY_ISSTRING)
+			return false;
+		at = base + INTALIGN(start);
+		switch (type)
+		{
+			case JENTRY_ISSTRING:
+			case JENTRY_ISBOOL_FALSE:
+			case JENTRY_ISBOOL_TRUE:
+			case JENTRY_ISNULL:
+				break;
+			case JENTRY_ISNUMERIC:
+				{
+					uint32		vl;
+
+					if (at + VARHDRSZ + sizeof(uint16) > base + end)
+						return false;
+					memcpy(&vl, c + at, sizeof(vl));
+					if (VARATT_IS_EXTENDED((struct varlena *) &vl) ||
+						VARSIZE(&vl) < VARHDRSZ + sizeof(uint16) ||
+						at + VARSIZE(&vl) > base + end)
+						return false;
+					break;
+				}
+			case JENTRY_ISCONTAINER:
+				if (at > base + end ||
+					!container_ok(c + at, base + end - at, depth + 1))
+					return false;
+				break;
+			default:
+				return false;
+		}
+	}
+	return true;
 }
 
 /* Reading the records of one staged row. */
@@ -611,7 +652,36 @@ typedef struct StagedCursor
 	Size		shape_len;
 	const char *tenant;			/* of the previous record */
 	int16		tenant_len;
+	const char *error;			/* what is wrong with the row, or NULL */
 } StagedCursor;
+
+/*
+ * The jsonb datum of the cursor's row's shape and part (value entries and
+ * bytes), in a new palloc'd buffer; NULL if they do not fit together.
+ */
+static Jsonb *
+shape_join(StagedCursor *c, const char *part, Size part_len)
+{
+	uint32		n = shape_keys(c->shape);
+	Size		head = sizeof(uint32) + sizeof(JEntry) * n;
+	Size		ventries = sizeof(JEntry) * n;
+	Jsonb	   *jb;
+	char	   *p;
+
+	if (c->shape_len < head || part_len < ventries)
+		return NULL;
+	jb = palloc(VARHDRSZ + c->shape_len + part_len);
+	SET_VARSIZE(jb, VARHDRSZ + c->shape_len + part_len);
+	p = (char *) &jb->root;
+	memcpy(p, c->shape, head);
+	p += head;
+	memcpy(p, part, ventries);
+	p += ventries;
+	memcpy(p, c->shape + head, c->shape_len - head);
+	p += c->shape_len - head;
+	memcpy(p, part + ventries, part_len - ventries);
+	return jb;
+}
 
 /* body must be a 4-byte aligned, uncompressed copy; shape may be NULL. */
 static void
@@ -626,13 +696,23 @@ staged_open(StagedCursor *c, const pg_uuid_t *first_id, bytea *body,
 	c->shape_len = shape ? VARSIZE(shape) - VARHDRSZ : 0;
 	c->tenant = NULL;
 	c->tenant_len = -1;
+	c->error = NULL;
+}
+
+/* Records what is wrong with the row; returns false for staged_next(). */
+static bool
+staged_bad(StagedCursor *c, const char *what)
+{
+	c->error = what;
+	return false;
 }
 
 /*
  * The next record: its header, tenant (NULL for none; rec->tenant_len
  * bytes, not terminated) and payload.  A shaped payload is reassembled
  * in a new palloc'd buffer; others point into the body.  Returns false
- * after the last one.
+ * after the last one, or at the first thing wrong with the row, which
+ * c->error then names.
  */
 static bool
 staged_next(StagedCursor *c, StagedRecord *rec, const char **tenant,
@@ -641,19 +721,22 @@ staged_next(StagedCursor *c, StagedRecord *rec, const char **tenant,
 	char	   *q;
 	Size		rest;
 
+	if (c->error != NULL)
+		return false;
 	if (c->left == 0 || (c->left < 0 && c->p >= c->end))
 	{
 		if (c->p < c->end)
-			staged_corrupt(c->first_id, "more events than counted");
+			return staged_bad(c, "more events than counted");
 		return false;
 	}
 	if (c->end - c->p < (ptrdiff_t) sizeof(StagedRecord))
-		staged_corrupt(c->first_id, "fewer events than counted");
+		return staged_bad(c, "fewer events than counted");
 	memcpy(rec, c->p, sizeof(StagedRecord));
 	if (rec->size > (Size) (c->end - c->p) || rec->size < sizeof(StagedRecord) ||
-		rec->tenant_len < -1 ||
+		rec->tenant_len < -1 || rec->tenant_len > MESSAGING_MAX_TENANT_ID ||
+		(rec->flags & ~(STAGED_SHAPED | STAGED_SAME_TENANT)) != 0 ||
 		((rec->flags & STAGED_SHAPED) && c->shape == NULL))
-		staged_corrupt(c->first_id, "a record overruns the row");
+		return staged_bad(c, "a record overruns the row");
 
 	q = c->p + sizeof(StagedRecord);
 	if (!(rec->flags & STAGED_SAME_TENANT))
@@ -666,18 +749,24 @@ staged_next(StagedCursor *c, StagedRecord *rec, const char **tenant,
 		rec->tenant_len = c->tenant_len;
 	*tenant = c->tenant;
 	if (q > c->p + rec->size)
-		staged_corrupt(c->first_id, "a record overruns the row");
+		return staged_bad(c, "a record overruns the row");
 	rest = c->p + rec->size - q;
 
 	if (rec->flags & STAGED_SHAPED)
-		*payload = shape_join(c->shape, c->shape_len, q, rest, c->first_id);
+	{
+		*payload = shape_join(c, q, rest);
+		if (*payload == NULL)
+			return staged_bad(c, "a payload does not fit its shape");
+	}
 	else
 	{
 		*payload = (Jsonb *) q;
 		if (rest < VARHDRSZ || VARATT_IS_EXTENDED(*payload) ||
 			VARSIZE(*payload) != rest)
-			staged_corrupt(c->first_id, "a payload has the wrong size");
+			return staged_bad(c, "a payload has the wrong size");
 	}
+	if (!container_ok((char *) &(*payload)->root, VARSIZE(*payload) - VARHDRSZ, 0))
+		return staged_bad(c, "a payload is not valid jsonb");
 	c->p += INTALIGN(rec->size);
 	if (c->left > 0)
 		c->left--;
@@ -695,12 +784,28 @@ staged_open_row(StagedCursor *c, pg_uuid_t *first_id, Datum first_id_d,
 				shape_null ? NULL : DatumGetByteaPCopy(shape), nevents);
 }
 
+/* The SQL readers' warning about a row they skip. */
+static void
+staged_warn(StagedCursor *c)
+{
+	char		idbuf[UUID_LEN * 2 + 5];
+
+	messaging_format_uuid(c->first_id, idbuf);
+	ereport(WARNING,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("skipping staged events starting at %s: %s", idbuf, c->error),
+			 errdetail("The relay moves such a row to messaging.failed_events.")));
+}
+
 /*
  * Moves the events of staged rows into the outbox and returns how many
- * moved; see staging.h for the rows' columns.
+ * moved; see staging.h for the rows' columns.  A row that cannot be read
+ * moves nothing: errors[r] (palloc'd by the caller, n entries) then says
+ * why, and is NULL for every row that moved.
  */
 uint64
-messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n)
+messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n,
+				  const char **errors)
 {
 	OutboxWriter *w;
 	MemoryContext row_cxt;
@@ -724,8 +829,10 @@ messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n)
 		StagedRecord rec;
 		const char *tenant;
 		Jsonb	   *payload;
+		int			pass;
 
 		CHECK_FOR_INTERRUPTS();
+		errors[r] = NULL;
 		old = MemoryContextSwitchTo(row_cxt);
 		ev.event_type = TextDatumGetCString(heap_getattr(rows[r], 2, desc, &isnull));
 		d = heap_getattr(rows[r], 3, desc, &isnull);
@@ -734,16 +841,27 @@ messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n)
 		ev.created_at = DatumGetTimestampTz(heap_getattr(rows[r], 5, desc, &isnull));
 		ev.correlation_id = NULL;
 		d = heap_getattr(rows[r], 7, desc, &shape_null);
-		staged_open_row(&cur, &first_id, heap_getattr(rows[r], 1, desc, &isnull),
-						heap_getattr(rows[r], 8, desc, &isnull), d, shape_null,
-						DatumGetInt32(heap_getattr(rows[r], 6, desc, &isnull)));
 
-		while (staged_next(&cur, &rec, &tenant, &payload))
+		/* pass 0 checks the whole row, pass 1 writes its events */
+		for (pass = 0; pass < 2; pass++)
 		{
-			memcpy(&ev.id, &rec.id, sizeof(pg_uuid_t));
-			ev.tenant_id = tenant ? pnstrdup(tenant, rec.tenant_len) : NULL;
-			ev.payload = JsonbPGetDatum(payload);
-			messaging_outbox_writer_add(w, &ev);
+			staged_open_row(&cur, &first_id, heap_getattr(rows[r], 1, desc, &isnull),
+							heap_getattr(rows[r], 8, desc, &isnull), d, shape_null,
+							DatumGetInt32(heap_getattr(rows[r], 6, desc, &isnull)));
+			while (staged_next(&cur, &rec, &tenant, &payload))
+			{
+				if (pass == 0)
+					continue;
+				memcpy(&ev.id, &rec.id, sizeof(pg_uuid_t));
+				ev.tenant_id = tenant ? pnstrdup(tenant, rec.tenant_len) : NULL;
+				ev.payload = JsonbPGetDatum(payload);
+				messaging_outbox_writer_add(w, &ev);
+			}
+			if (cur.error != NULL)
+			{
+				errors[r] = cur.error;
+				break;
+			}
 		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(row_cxt);
@@ -795,6 +913,8 @@ messaging_staged_event(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		break;
 	}
+	if (cur.error != NULL)
+		staged_warn(&cur);
 	return (Datum) 0;
 }
 
@@ -843,6 +963,21 @@ messaging_staged_events(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 		old = MemoryContextSwitchTo(row_cxt);
 		heap_deform_tuple(tuple, desc, row, rownull);
+
+		/* a row that cannot be read shows none of its events */
+		staged_open_row(&cur, &first_id, row[Anum_staged_first_id - 1],
+						row[Anum_staged_body - 1], row[Anum_staged_shape - 1],
+						rownull[Anum_staged_shape - 1],
+						DatumGetInt32(row[Anum_staged_events - 1]));
+		while (staged_next(&cur, &rec, &tenant, &payload))
+			;
+		if (cur.error != NULL)
+		{
+			staged_warn(&cur);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(row_cxt);
+			continue;
+		}
 		staged_open_row(&cur, &first_id, row[Anum_staged_first_id - 1],
 						row[Anum_staged_body - 1], row[Anum_staged_shape - 1],
 						rownull[Anum_staged_shape - 1],

@@ -36,9 +36,11 @@ extern uint64 messaging_stager_end(OutboxStager *s);
 /*
  * The relay's side: staged rows, deleted with RETURNING, into the outbox.
  * The columns, in this order: first_id, event_type, target_app,
- * source_app, created_at, events, shape, body.
+ * source_app, created_at, events, shape, body.  errors[r] is set for each
+ * row that could not be read (and moved nothing), NULL otherwise.
  */
-extern uint64 messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n);
+extern uint64 messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n,
+								const char **errors);
 extern BlockNumber messaging_staging_reserve_space(BlockNumber reserve);
 
 #endif							/* MESSAGING_STAGING_H */

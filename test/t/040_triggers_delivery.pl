@@ -56,7 +56,7 @@ sub consume
 {
 	my ($queue, $count) = @_;
 	ok( $node->poll_query_until('postgres',
-			'SELECT count(*) = 0 FROM messaging.outbox'),
+			'SELECT count(*) = 0 FROM messaging.pending_events'),
 		"outbox drained before reading $queue");
 	my ($rc, $out, $err) = MessagingTest::node('consume', '--url', $url,
 		'--queue', $queue, '--count', $count, '--timeout-ms', '60000');
