@@ -213,7 +213,7 @@ CREATE OR REPLACE VIEW messaging.sync_health AS
 					ELSE round(st.events / 1000.0 *
 							   greatest(1000, pg_stat_get_live_tuples('messaging.outbox_staged'::regclass)))
 			   END::bigint AS outbox_backlog,
-			   round(extract(epoch FROM now() - o.oldest), 3)
+			   round(extract(epoch FROM greatest(now() - o.oldest, interval '0')), 3)
 				 AS oldest_pending_seconds,
 			   CASE WHEN w.counted < 10000 THEN w.counted
 					ELSE greatest(w.counted,

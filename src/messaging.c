@@ -415,7 +415,7 @@ define_settings(void)
 							"pages ahead of need so that a bulk change does not "
 							"extend the file page by page.  0 turns this off.",
 							&messaging_staging_reserve,
-							1024, 0, 131072,
+							1024, 0, 8192,
 							PGC_SIGHUP, GUC_UNIT_BLOCKS,
 							NULL, NULL, NULL);
 

@@ -1270,6 +1270,225 @@ trg_fire_rows(TriggerData *td, TrgArgs *a, const char *event_type)
 	MemoryContextDelete(row_cxt);
 }
 
+/*
+ * One row of an UPDATE's transition table, for pairing by key.
+ */
+typedef struct TrgKeyedRow
+{
+	char	   *key;			/* the primary key's columns, as text */
+	MinimalTuple tuple;
+	int			partner;		/* index into the other side, or -1 */
+} TrgKeyedRow;
+
+static int
+trg_keyed_cmp(const void *x, const void *y)
+{
+	return strcmp((*(TrgKeyedRow *const *) x)->key,
+				  (*(TrgKeyedRow *const *) y)->key);
+}
+
+/*
+ * Reads a transition table into rows keyed by the primary key columns
+ * (each column's text, length-prefixed so that no two keys run together).
+ */
+static TrgKeyedRow *
+trg_keyed_rows(Tuplestorestate *store, TupleDesc desc, Relation pk,
+			   FmgrInfo *outs, int *n)
+{
+	TrgRowReader r;
+	TrgKeyedRow *rows;
+	int			cap = 64;
+	int			k;
+
+	rows = palloc(sizeof(TrgKeyedRow) * cap);
+	*n = 0;
+	trg_reader_open(&r, store, desc);
+	while (trg_reader_next(&r))
+	{
+		StringInfoData key;
+
+		CHECK_FOR_INTERRUPTS();
+		if (*n == cap)
+		{
+			cap *= 2;
+			rows = repalloc(rows, sizeof(TrgKeyedRow) * cap);
+		}
+		initStringInfo(&key);
+		for (k = 0; k < pk->rd_index->indnkeyatts; k++)
+		{
+			bool		isnull;
+			Datum		v = slot_getattr(r.slot, pk->rd_index->indkey.values[k],
+										 &isnull);
+			char	   *s = isnull ? "" : OutputFunctionCall(&outs[k], v);
+
+			appendStringInfo(&key, "%c%zu:%s", isnull ? 'n' : 'v', strlen(s), s);
+		}
+		rows[*n].key = key.data;
+		rows[*n].tuple = ExecCopySlotMinimalTuple(r.slot);
+		rows[*n].partner = -1;
+		(*n)++;
+	}
+	trg_reader_close(&r);
+	return rows;
+}
+
+/*
+ * The statement form of an UPDATE whose old and new transition tables do
+ * not have the same number of rows, so that they cannot be read side by
+ * side: a row moved to another partition whose insert there a BEFORE
+ * trigger skipped has an old version and no new one.  The rows are paired
+ * by primary key instead: a pair is an update as usual, an old row
+ * without a new one is a delete (the row is gone), a new row without an
+ * old one a create.  Rare enough to use the outbox writer, which takes
+ * events of any type, rather than the stager.
+ */
+static void
+trg_fire_updates_by_key(TriggerData *td, TrgArgs *a)
+{
+	Relation	rel = td->tg_relation;
+	TupleDesc	desc = RelationGetDescr(rel);
+	Relation	pk;
+	FmgrInfo   *outs;
+	TrgKeyedRow *olds;
+	TrgKeyedRow *news;
+	TrgKeyedRow **so;
+	TrgKeyedRow **sn;
+	int			nold;
+	int			nnew;
+	int			i;
+	int			j;
+	TupleTableSlot *oslot;
+	TupleTableSlot *nslot;
+	OutboxWriter *w;
+	OutboxEvent ev;
+	TrgTenantCache tenants;
+	MemoryContext row_cxt;
+	MemoryContext old;
+
+	(void) RelationGetIndexList(rel);
+	if (!OidIsValid(rel->rd_pkindex))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot pair the old and new rows of this UPDATE on table \"%s\"",
+						a->table_name),
+				 errdetail("The statement changed %lld rows but left %lld new rows, as when a "
+						   "trigger skips the insert of a row moved to another partition; "
+						   "without a primary key the rows cannot be told apart.",
+						   (long long) tuplestore_tuple_count(td->tg_oldtable),
+						   (long long) tuplestore_tuple_count(td->tg_newtable)),
+				 errhint("Give the table a primary key, or use the row form "
+						 "(messaging.create_event_trigger(..., for_each_row => true)).")));
+
+	pk = index_open(rel->rd_pkindex, AccessShareLock);
+	outs = palloc(sizeof(FmgrInfo) * pk->rd_index->indnkeyatts);
+	for (i = 0; i < pk->rd_index->indnkeyatts; i++)
+	{
+		Oid			typoutput;
+		bool		isvarlena;
+
+		getTypeOutputInfo(TupleDescAttr(desc, pk->rd_index->indkey.values[i] - 1)->atttypid,
+						  &typoutput, &isvarlena);
+		fmgr_info(typoutput, &outs[i]);
+	}
+	olds = trg_keyed_rows(td->tg_oldtable, desc, pk, outs, &nold);
+	news = trg_keyed_rows(td->tg_newtable, desc, pk, outs, &nnew);
+	index_close(pk, AccessShareLock);
+
+	/* pair them: sort both sides by key and merge */
+	so = palloc(sizeof(TrgKeyedRow *) * Max(nold, 1));
+	sn = palloc(sizeof(TrgKeyedRow *) * Max(nnew, 1));
+	for (i = 0; i < nold; i++)
+		so[i] = &olds[i];
+	for (j = 0; j < nnew; j++)
+		sn[j] = &news[j];
+	qsort(so, nold, sizeof(TrgKeyedRow *), trg_keyed_cmp);
+	qsort(sn, nnew, sizeof(TrgKeyedRow *), trg_keyed_cmp);
+	for (i = 0, j = 0; i < nold && j < nnew;)
+	{
+		int			c = strcmp(so[i]->key, sn[j]->key);
+
+		if (c == 0)
+		{
+			so[i]->partner = sn[j] - news;
+			sn[j]->partner = so[i] - olds;
+			i++, j++;
+		}
+		else if (c < 0)
+			i++;
+		else
+			j++;
+	}
+
+	oslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	nslot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	memset(&tenants, 0, sizeof(tenants));
+	tenants.cxt = AllocSetContextCreate(CurrentMemoryContext,
+										"messaging event tenant",
+										ALLOCSET_SMALL_SIZES);
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext, "messaging event row",
+									ALLOCSET_DEFAULT_SIZES);
+	w = messaging_outbox_writer_begin();
+	ev.target_app = a->target_app;
+	ev.source_app = messaging_app_name;
+	ev.correlation_id = NULL;
+	ev.created_at = GetCurrentTimestamp();
+
+	/* in the order of the old rows, then the new rows without one */
+	for (i = 0; i < nold + nnew; i++)
+	{
+		TrgKeyedRow *o = i < nold ? &olds[i] : NULL;
+		TrgKeyedRow *n = i < nold ? (o->partner >= 0 ? &news[o->partner] : NULL) :
+		&news[i - nold];
+		Jsonb	   *payload;
+		TupleTableSlot *tenant_slot;
+
+		if (o == NULL && n->partner >= 0)
+			continue;			/* paired, done with its old row */
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(row_cxt);
+		if (o != NULL)
+			ExecStoreMinimalTuple(o->tuple, oslot, false);
+		if (n != NULL)
+			ExecStoreMinimalTuple(n->tuple, nslot, false);
+		if (o != NULL && n != NULL)
+		{
+			ev.event_type = a->type_updated;
+			payload = trg_update_payload(a, oslot, nslot);
+			tenant_slot = nslot;
+		}
+		else if (o != NULL)
+		{
+			ev.event_type = a->type_deleted;
+			payload = trg_row_jsonb(a, oslot);
+			tenant_slot = oslot;
+		}
+		else
+		{
+			ev.event_type = a->type_created;
+			payload = trg_row_jsonb(a, nslot);
+			tenant_slot = nslot;
+		}
+		if (payload != NULL)
+		{
+			ev.payload = JsonbPGetDatum(payload);
+			messaging_check_payload_size(ev.payload, "payload");
+			ev.tenant_id = trg_cached_tenant(a, &tenants, tenant_slot);
+			messaging_uuid7_generate(ev.created_at, &ev.id);
+			messaging_outbox_writer_add(w, &ev);
+		}
+		ExecClearTuple(oslot);
+		ExecClearTuple(nslot);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(row_cxt);
+	}
+	(void) messaging_outbox_writer_end(w);
+
+	ExecDropSingleTupleTableSlot(oslot);
+	ExecDropSingleTupleTableSlot(nslot);
+	MemoryContextDelete(tenants.cxt);
+	MemoryContextDelete(row_cxt);
+}
+
 static void
 trg_fire_statement(TriggerData *td, TrgArgs *a)
 {
@@ -1309,6 +1528,12 @@ trg_fire_statement(TriggerData *td, TrgArgs *a)
 				 errhint("Declare the trigger with %s, or make it FOR EACH ROW.",
 						 missing)));
 
+	if (event_type == a->type_updated &&
+		tuplestore_tuple_count(rows) != tuplestore_tuple_count(td->tg_oldtable))
+	{
+		trg_fire_updates_by_key(td, a);
+		return;
+	}
 	if (tuplestore_tuple_count(rows) == 0)
 		return;
 	trg_fire_rows(td, a, event_type);
