@@ -8,8 +8,9 @@
  *	- FOR EACH ROW: each changed row becomes one event, written with the
  *	  direct outbox insert (outbox.c);
  *	- FOR EACH STATEMENT with transition tables: the rows of the transition
- *	  tables are read here (an UPDATE's old and new rows side by side) and
- *	  their events staged for the relay in a few packed rows
+ *	  tables are read here (an UPDATE's old and new rows side by side, or
+ *	  paired by primary key in the rare case that the two tables differ in
+ *	  length) and their events staged for the relay in a few packed rows
  *	  (messaging.outbox_staged, staging.c), so that a bulk change pays little
  *	  more than its own rows.
  *
