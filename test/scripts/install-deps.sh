@@ -47,8 +47,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     cleanup_policy
     trap - EXIT
     # A system broker may still have come up (e.g. under systemd, which
-    # ignores policy-rc.d in some setups); the tests never use it.
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    # ignores policy-rc.d in some setups); the tests never use it.  Only a
+    # broker this script just installed is stopped, never one already there.
+    if [[ " ${missing[*]} " == *" rabbitmq-server "* ]] &&
+       command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
         systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
     fi
 else
