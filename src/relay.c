@@ -548,20 +548,17 @@ prepare_plans(void)
 	{
 		Oid			types[2] = {UUIDOID, INT4OID};
 
+#define FETCH_HEAD "SELECT ctid, id, event_type, payload, target_app," \
+	" tenant_id, source_app, correlation_id, created_at, attempts" \
+	" FROM messaging.outbox WHERE id > $1"
+#define FETCH_CUTOFF " AND id < coalesce((SELECT s.first_id" \
+	" FROM messaging.outbox_staged s ORDER BY s.first_id LIMIT 1)," \
+	" 'ffffffff-ffff-ffff-ffff-ffffffffffff')"
+#define FETCH_TAIL " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+
 		fetch_plan = keep_plan(OidIsValid(staged) ?
-							   "SELECT ctid, id, event_type, payload, target_app,"
-							   " tenant_id, source_app, correlation_id,"
-							   " created_at, attempts"
-							   " FROM messaging.outbox WHERE id > $1"
-							   " AND id < coalesce((SELECT s.first_id"
-							   "  FROM messaging.outbox_staged s ORDER BY s.first_id LIMIT 1),"
-							   "  'ffffffff-ffff-ffff-ffff-ffffffffffff')"
-							   " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED" :
-							   "SELECT ctid, id, event_type, payload, target_app,"
-							   " tenant_id, source_app, correlation_id,"
-							   " created_at, attempts"
-							   " FROM messaging.outbox WHERE id > $1"
-							   " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+							   FETCH_HEAD FETCH_CUTOFF FETCH_TAIL :
+							   FETCH_HEAD FETCH_TAIL,
 							   2, types);
 	}
 	if (unstage_plan == NULL && OidIsValid(staged))
@@ -927,6 +924,7 @@ set_aside_staged(HeapTuple row, TupleDesc desc, const char *error)
 	bool		isnull;
 	char		idbuf[UUID_LEN * 2 + 5];
 	int			i;
+	/* aside_plan's parameters from unstage_plan's columns; 0: the error */
 	static const int cols[8] = {1, 2, 3, 4, 6, 8, 0, 5};
 
 	for (i = 0; i < 8; i++)

@@ -360,6 +360,7 @@ messaging_stager_add(OutboxStager *s, const pg_uuid_t *id,
 	Size		data_len = VARSIZE(jb) - VARHDRSZ;
 	Size		head = 0;
 	Size		keys = 0;
+	const char *key_bytes;
 	bool		object;
 	bool		shaped = false;
 	bool		same_tenant;
@@ -374,6 +375,8 @@ messaging_stager_add(OutboxStager *s, const pg_uuid_t *id,
 	}
 
 	object = shape_of(jb, &head, &keys);
+	/* an object's key bytes follow its header and all 2n entries */
+	key_bytes = data + 2 * head - sizeof(uint32);
 	for (;;)
 	{
 		/* a row's first object gives the row its shape */
@@ -381,13 +384,12 @@ messaging_stager_add(OutboxStager *s, const pg_uuid_t *id,
 			head + keys + 2 * VARHDRSZ < s->base_limit / 2)
 		{
 			appendBinaryStringInfoNT(&s->shape, data, head);
-			appendBinaryStringInfoNT(&s->shape, data + 2 * head - sizeof(uint32), keys);
+			appendBinaryStringInfoNT(&s->shape, key_bytes, keys);
 			s->body_limit = s->base_limit - INTALIGN(s->shape.len);
 		}
 		shaped = object && (Size) s->shape.len == VARHDRSZ + head + keys &&
 			memcmp(s->shape.data + VARHDRSZ, data, head) == 0 &&
-			memcmp(s->shape.data + VARHDRSZ + head,
-				   data + 2 * head - sizeof(uint32), keys) == 0;
+			memcmp(s->shape.data + VARHDRSZ + head, key_bytes, keys) == 0;
 		same_tenant = s->nevents > 0 &&
 			(tenant_id == NULL ? s->tenant_null :
 			 !s->tenant_null && strcmp(tenant_id, s->tenant.data) == 0);
@@ -428,8 +430,8 @@ messaging_stager_add(OutboxStager *s, const pg_uuid_t *id,
 	{
 		/* the value entries, then the value bytes */
 		appendBinaryStringInfoNT(&s->body, data + head, head - sizeof(uint32));
-		appendBinaryStringInfoNT(&s->body, data + 2 * head - sizeof(uint32) + keys,
-								 data_len - (2 * head - sizeof(uint32)) - keys);
+		appendBinaryStringInfoNT(&s->body, key_bytes + keys,
+								 data + data_len - (key_bytes + keys));
 	}
 	else
 		appendBinaryStringInfoNT(&s->body, (char *) jb, VARSIZE(jb));
@@ -645,9 +647,11 @@ container_ok(const char *c, Size len, int depth)
 typedef struct StagedCursor
 {
 	const pg_uuid_t *first_id;	/* of the row, for messages */
+	char	   *start;			/* the first record */
 	char	   *p;				/* the next record */
 	char	   *end;
-	int32		left;			/* records the row says are left; -1: unknown */
+	int32		count;			/* records the row says it has; -1: unknown */
+	int32		left;			/* of those, not yet read */
 	const char *shape;			/* NULL: none */
 	Size		shape_len;
 	const char *tenant;			/* of the previous record */
@@ -689,9 +693,9 @@ staged_open(StagedCursor *c, const pg_uuid_t *first_id, bytea *body,
 			bytea *shape, int32 nevents)
 {
 	c->first_id = first_id;
-	c->p = VARDATA(body);
+	c->start = c->p = VARDATA(body);
 	c->end = c->p + VARSIZE(body) - VARHDRSZ;
-	c->left = nevents;
+	c->count = c->left = nevents;
 	c->shape = shape ? VARDATA(shape) : NULL;
 	c->shape_len = shape ? VARSIZE(shape) - VARHDRSZ : 0;
 	c->tenant = NULL;
@@ -784,6 +788,27 @@ staged_open_row(StagedCursor *c, pg_uuid_t *first_id, Datum first_id_d,
 				shape_null ? NULL : DatumGetByteaPCopy(shape), nevents);
 }
 
+/*
+ * Reads the whole row once to check it, then goes back to its first
+ * record; returns false (c->error says why) when the row cannot be read,
+ * so that a caller uses none of its events rather than some.
+ */
+static bool
+staged_check(StagedCursor *c)
+{
+	StagedRecord rec;
+	const char *tenant;
+	Jsonb	   *payload;
+
+	while (staged_next(c, &rec, &tenant, &payload))
+		;
+	c->p = c->start;
+	c->left = c->count;
+	c->tenant = NULL;
+	c->tenant_len = -1;
+	return c->error == NULL;
+}
+
 /* The SQL readers' warning about a row they skip. */
 static void
 staged_warn(StagedCursor *c)
@@ -829,7 +854,6 @@ messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n,
 		StagedRecord rec;
 		const char *tenant;
 		Jsonb	   *payload;
-		int			pass;
 
 		CHECK_FOR_INTERRUPTS();
 		errors[r] = NULL;
@@ -842,25 +866,19 @@ messaging_unstage(HeapTuple *rows, TupleDesc desc, uint64 n,
 		ev.correlation_id = NULL;
 		d = heap_getattr(rows[r], 7, desc, &shape_null);
 
-		/* pass 0 checks the whole row, pass 1 writes its events */
-		for (pass = 0; pass < 2; pass++)
+		staged_open_row(&cur, &first_id, heap_getattr(rows[r], 1, desc, &isnull),
+						heap_getattr(rows[r], 8, desc, &isnull), d, shape_null,
+						DatumGetInt32(heap_getattr(rows[r], 6, desc, &isnull)));
+		if (!staged_check(&cur))
+			errors[r] = cur.error;
+		else
 		{
-			staged_open_row(&cur, &first_id, heap_getattr(rows[r], 1, desc, &isnull),
-							heap_getattr(rows[r], 8, desc, &isnull), d, shape_null,
-							DatumGetInt32(heap_getattr(rows[r], 6, desc, &isnull)));
 			while (staged_next(&cur, &rec, &tenant, &payload))
 			{
-				if (pass == 0)
-					continue;
 				memcpy(&ev.id, &rec.id, sizeof(pg_uuid_t));
 				ev.tenant_id = tenant ? pnstrdup(tenant, rec.tenant_len) : NULL;
 				ev.payload = JsonbPGetDatum(payload);
 				messaging_outbox_writer_add(w, &ev);
-			}
-			if (cur.error != NULL)
-			{
-				errors[r] = cur.error;
-				break;
 			}
 		}
 		MemoryContextSwitchTo(old);
@@ -964,24 +982,18 @@ messaging_staged_events(PG_FUNCTION_ARGS)
 		old = MemoryContextSwitchTo(row_cxt);
 		heap_deform_tuple(tuple, desc, row, rownull);
 
-		/* a row that cannot be read shows none of its events */
 		staged_open_row(&cur, &first_id, row[Anum_staged_first_id - 1],
 						row[Anum_staged_body - 1], row[Anum_staged_shape - 1],
 						rownull[Anum_staged_shape - 1],
 						DatumGetInt32(row[Anum_staged_events - 1]));
-		while (staged_next(&cur, &rec, &tenant, &payload))
-			;
-		if (cur.error != NULL)
+		if (!staged_check(&cur))
 		{
+			/* a row that cannot be read shows none of its events */
 			staged_warn(&cur);
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(row_cxt);
 			continue;
 		}
-		staged_open_row(&cur, &first_id, row[Anum_staged_first_id - 1],
-						row[Anum_staged_body - 1], row[Anum_staged_shape - 1],
-						rownull[Anum_staged_shape - 1],
-						DatumGetInt32(row[Anum_staged_events - 1]));
 
 		memset(nl, false, sizeof(nl));
 		v[1] = row[Anum_staged_event_type - 1];
